@@ -1,0 +1,627 @@
+//! TOML text -> validated `Config`. A pure function of the text: no IO, no
+//! tokio. Every error names the line and column it comes from.
+
+use serde::Deserialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::ops::Range;
+use std::time::Duration;
+use toml::Spanned;
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listen: Listen,
+    pub admin: Admin,
+    pub routing: Routing,
+    pub timeouts: Timeouts,
+    pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listen {
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admin {
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routing {
+    /// Key sources, tried in order.
+    pub key: Vec<KeySource>,
+    pub missing_key: MissingKey,
+    pub algorithm: AlgorithmConfig,
+    pub seed: u64,
+}
+
+/// Where a request's client id may come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A request header (name lower-cased).
+    Header(String),
+    Cookie(String),
+    Query(String),
+    ClientIp,
+}
+
+/// What to do with a request that carries none of the key sources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingKey {
+    ClientIp,
+    Random,
+    Reject,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlgorithmConfig {
+    Ring { vnodes: u32 },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub response_headers: Duration,
+    pub client_header_read: Duration,
+    pub idle: Duration,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendConfig {
+    /// The backend's identity on the ring.
+    pub name: String,
+    /// `host:port`.
+    pub address: String,
+    pub weight: NonZeroU32,
+}
+
+/// A config error with its position in the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file (or other origin) the text came from.
+    pub origin: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.origin, self.line, self.column, self.message
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+pub const DEFAULT_VNODES: u32 = 160;
+/// vnodes × total weight may not exceed this (mirrors the ring's own bound).
+pub const MAX_RING_POINTS: u64 = crate::ring::MAX_POINTS;
+
+// ---- the file as written ----------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    listen: Option<RawListen>,
+    admin: Option<RawAdmin>,
+    routing: Option<RawRouting>,
+    timeouts: Option<RawTimeouts>,
+    health: Option<Spanned<toml::Value>>,
+    limits: Option<Spanned<toml::Value>>,
+    log: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    backend: Vec<Spanned<RawBackend>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    address: Option<Spanned<String>>,
+    tls: Option<Spanned<toml::Value>>,
+    tls_address: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    address: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRouting {
+    key: Option<Vec<Spanned<String>>>,
+    missing_key: Option<Spanned<String>>,
+    algorithm: Option<Spanned<String>>,
+    vnodes: Option<Spanned<i64>>,
+    seed: Option<Spanned<i64>>,
+    table_size: Option<Spanned<toml::Value>>,
+    balance_factor: Option<Spanned<toml::Value>>,
+    sticky_cookie: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    connect: Option<Spanned<String>>,
+    response_headers: Option<Spanned<String>>,
+    client_header_read: Option<Spanned<String>>,
+    idle: Option<Spanned<String>>,
+    shutdown_grace: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    name: Spanned<String>,
+    address: Spanned<String>,
+    weight: Option<Spanned<i64>>,
+}
+
+// ---- parsing ------------------------------------------------------------
+
+/// Parses and validates a config file's text. `origin` names the file in
+/// error messages.
+pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    let at = |span: Range<usize>, message: String| locate(text, origin, span.start, message);
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        let start = e.span().map_or(0, |s| s.start);
+        at(start..start, e.message().trim_end().to_string())
+    })?;
+
+    for (section, value) in [
+        ("[health]", &raw.health),
+        ("[limits]", &raw.limits),
+        ("[log]", &raw.log),
+    ] {
+        if let Some(v) = value {
+            return Err(at(v.span(), format!("{section} is not supported yet")));
+        }
+    }
+
+    let listen = match raw.listen {
+        Some(l) => {
+            if let Some(v) = l.tls.as_ref().or(l.tls_address.as_ref()) {
+                return Err(at(v.span(), "listen.tls is not supported yet".into()));
+            }
+            Listen {
+                address: socket_addr(&at, l.address.as_ref(), "127.0.0.1:8080")?,
+            }
+        }
+        None => Listen {
+            address: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        },
+    };
+    let admin = Admin {
+        address: socket_addr(
+            &at,
+            raw.admin.as_ref().and_then(|a| a.address.as_ref()),
+            "127.0.0.1:9090",
+        )?,
+    };
+    if admin.address == listen.address {
+        return Err(at(
+            0..0,
+            format!(
+                "admin.address and listen.address are both {}",
+                listen.address
+            ),
+        ));
+    }
+
+    let routing = routing(&at, raw.routing)?;
+    let timeouts = timeouts(&at, raw.timeouts)?;
+    let backends = backends(&at, text, raw.backend)?;
+
+    let total_weight: u64 = backends.iter().map(|b| u64::from(b.weight.get())).sum();
+    let AlgorithmConfig::Ring { vnodes } = routing.algorithm;
+    if u64::from(vnodes).saturating_mul(total_weight) > MAX_RING_POINTS {
+        return Err(at(0..0, format!(
+            "routing.vnodes ({vnodes}) × total weight ({total_weight}) exceeds {MAX_RING_POINTS} ring points"
+        )));
+    }
+
+    Ok(Config {
+        listen,
+        admin,
+        routing,
+        timeouts,
+        backends,
+    })
+}
+
+type At<'a> = dyn Fn(Range<usize>, String) -> ConfigError + 'a;
+
+fn routing(at: &At<'_>, raw: Option<RawRouting>) -> Result<Routing, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(Routing {
+            key: default_keys(),
+            missing_key: MissingKey::ClientIp,
+            algorithm: AlgorithmConfig::Ring {
+                vnodes: DEFAULT_VNODES,
+            },
+            seed: 0,
+        });
+    };
+    for (name, value) in [
+        ("routing.table_size", &raw.table_size),
+        ("routing.balance_factor", &raw.balance_factor),
+        ("routing.sticky_cookie", &raw.sticky_cookie),
+    ] {
+        if let Some(v) = value {
+            return Err(at(v.span(), format!("{name} is not supported yet")));
+        }
+    }
+    let key = match raw.key {
+        None => default_keys(),
+        Some(list) => list
+            .iter()
+            .map(|s| key_source(s.get_ref()).map_err(|m| at(s.span(), m)))
+            .collect::<Result<_, _>>()?,
+    };
+    let missing_key = match raw.missing_key {
+        None => MissingKey::ClientIp,
+        Some(s) => match s.get_ref().as_str() {
+            "client-ip" => MissingKey::ClientIp,
+            "random" => MissingKey::Random,
+            "reject" => MissingKey::Reject,
+            other => {
+                return Err(at(s.span(), format!(
+                    "routing.missing_key must be \"client-ip\", \"random\" or \"reject\", not {other:?}"
+                )))
+            }
+        },
+    };
+    let vnodes = match raw.vnodes {
+        None => DEFAULT_VNODES,
+        Some(v) => u32::try_from(*v.get_ref())
+            .ok()
+            .filter(|&n| n >= 1 && u64::from(n) <= MAX_RING_POINTS)
+            .ok_or_else(|| {
+                at(
+                    v.span(),
+                    format!(
+                        "routing.vnodes must be between 1 and {MAX_RING_POINTS}, not {}",
+                        v.get_ref()
+                    ),
+                )
+            })?,
+    };
+    if let Some(a) = raw.algorithm {
+        match a.get_ref().as_str() {
+            "ring" => {}
+            "maglev" | "rendezvous" => {
+                return Err(at(a.span(), format!(
+                    "routing.algorithm {:?} is not supported yet (use \"ring\")",
+                    a.get_ref()
+                )))
+            }
+            other => {
+                return Err(at(a.span(), format!(
+                    "routing.algorithm must be \"ring\", \"maglev\" or \"rendezvous\", not {other:?}"
+                )))
+            }
+        }
+    }
+    let seed = match raw.seed {
+        None => 0,
+        Some(s) => u64::try_from(*s.get_ref()).map_err(|_| {
+            at(
+                s.span(),
+                format!(
+                    "routing.seed must be a non-negative integer, not {}",
+                    s.get_ref()
+                ),
+            )
+        })?,
+    };
+    Ok(Routing {
+        key,
+        missing_key,
+        algorithm: AlgorithmConfig::Ring { vnodes },
+        seed,
+    })
+}
+
+fn default_keys() -> Vec<KeySource> {
+    vec![
+        KeySource::Header("x-client-id".into()),
+        KeySource::Cookie("session_id".into()),
+    ]
+}
+
+/// Parses `header:NAME`, `cookie:NAME`, `query:NAME` or `client-ip`.
+fn key_source(s: &str) -> Result<KeySource, String> {
+    if s == "client-ip" {
+        return Ok(KeySource::ClientIp);
+    }
+    let Some((kind, name)) = s.split_once(':') else {
+        return Err(format!(
+            "routing.key entry {s:?} must be \"header:NAME\", \"cookie:NAME\", \"query:NAME\" or \"client-ip\""
+        ));
+    };
+    if name.is_empty() || !name.bytes().all(is_token_byte) {
+        return Err(format!(
+            "routing.key entry {s:?}: {name:?} is not a valid {kind} name"
+        ));
+    }
+    match kind {
+        "header" => Ok(KeySource::Header(name.to_ascii_lowercase())),
+        "cookie" => Ok(KeySource::Cookie(name.to_string())),
+        "query" => Ok(KeySource::Query(name.to_string())),
+        _ => Err(format!(
+            "routing.key entry {s:?}: unknown source {kind:?} (use header, cookie, query or client-ip)"
+        )),
+    }
+}
+
+/// RFC 9110 token characters: what header and cookie names are made of.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn timeouts(at: &At<'_>, raw: Option<RawTimeouts>) -> Result<Timeouts, ConfigError> {
+    let raw = raw.unwrap_or(RawTimeouts {
+        connect: None,
+        response_headers: None,
+        client_header_read: None,
+        idle: None,
+        shutdown_grace: None,
+    });
+    let d = |v: &Option<Spanned<String>>, name: &str, default: Duration, zero_ok: bool| {
+        match v {
+        None => Ok(default),
+        Some(s) => match humantime::parse_duration(s.get_ref()) {
+            Ok(d) if d.is_zero() && !zero_ok => Err(at(
+                s.span(),
+                format!("timeouts.{name} must be greater than zero"),
+            )),
+            Ok(d) => Ok(d),
+            Err(e) => Err(at(s.span(), format!(
+                "timeouts.{name}: {:?} is not a duration ({e}); write e.g. \"500ms\", \"2s\", \"1m\"",
+                s.get_ref()
+            ))),
+        },
+    }
+    };
+    Ok(Timeouts {
+        connect: d(&raw.connect, "connect", Duration::from_secs(1), false)?,
+        response_headers: d(
+            &raw.response_headers,
+            "response_headers",
+            Duration::from_secs(30),
+            false,
+        )?,
+        client_header_read: d(
+            &raw.client_header_read,
+            "client_header_read",
+            Duration::from_secs(10),
+            false,
+        )?,
+        idle: d(&raw.idle, "idle", Duration::from_secs(60), false)?,
+        shutdown_grace: d(
+            &raw.shutdown_grace,
+            "shutdown_grace",
+            Duration::from_secs(30),
+            true,
+        )?,
+    })
+}
+
+fn backends(
+    at: &At<'_>,
+    text: &str,
+    raw: Vec<Spanned<RawBackend>>,
+) -> Result<Vec<BackendConfig>, ConfigError> {
+    if raw.is_empty() {
+        return Err(at(
+            text.len()..text.len(),
+            "the pool is empty: add at least one [[backend]] with a name and an address".into(),
+        ));
+    }
+    let mut out: Vec<BackendConfig> = Vec::with_capacity(raw.len());
+    let mut spans: Vec<(Range<usize>, Range<usize>)> = Vec::with_capacity(raw.len());
+    for b in raw {
+        let b = b.into_inner();
+        let name = b.name.get_ref().trim();
+        if name.is_empty() || name.chars().any(char::is_control) {
+            return Err(at(
+                b.name.span(),
+                format!(
+                    "backend name {:?} must be non-empty printable text",
+                    b.name.get_ref()
+                ),
+            ));
+        }
+        let address = b.address.get_ref().trim();
+        validate_host_port(address).map_err(|m| at(b.address.span(), m))?;
+        let weight = match &b.weight {
+            None => NonZeroU32::MIN,
+            Some(w) => u32::try_from(*w.get_ref())
+                .ok()
+                .and_then(NonZeroU32::new)
+                .ok_or_else(|| {
+                    at(
+                        w.span(),
+                        format!(
+                            "backend {name:?}: weight must be a whole number of at least 1, not {}",
+                            w.get_ref()
+                        ),
+                    )
+                })?,
+        };
+        for (prev, (name_span, addr_span)) in out.iter().zip(&spans) {
+            if prev.name == name {
+                let line = locate(text, "", name_span.start, String::new()).line;
+                return Err(at(
+                    b.name.span(),
+                    format!("duplicate backend name {name:?} (first used on line {line})"),
+                ));
+            }
+            if prev.address == address {
+                let line = locate(text, "", addr_span.start, String::new()).line;
+                return Err(at(
+                    b.address.span(),
+                    format!("duplicate backend address {address:?} (first used on line {line})"),
+                ));
+            }
+        }
+        spans.push((b.name.span(), b.address.span()));
+        out.push(BackendConfig {
+            name: name.to_string(),
+            address: address.to_string(),
+            weight,
+        });
+    }
+    Ok(out)
+}
+
+fn socket_addr(
+    at: &At<'_>,
+    value: Option<&Spanned<String>>,
+    default: &str,
+) -> Result<SocketAddr, ConfigError> {
+    let Some(v) = value else {
+        return default
+            .parse()
+            .map_err(|_| at(0..0, format!("bad built-in default address {default}")));
+    };
+    v.get_ref().parse().map_err(|_| {
+        at(
+            v.span(),
+            format!(
+                "{:?} is not an IP:port address (e.g. \"127.0.0.1:8080\" or \"[::1]:8080\")",
+                v.get_ref()
+            ),
+        )
+    })
+}
+
+/// A backend address: `IP:port`, `[IPv6]:port` or `hostname:port`.
+fn validate_host_port(s: &str) -> Result<(), String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return if addr.port() == 0 {
+            Err(format!("backend address {s:?} has port 0"))
+        } else {
+            Ok(())
+        };
+    }
+    let bad = || {
+        format!("backend address {s:?} must be host:port (e.g. \"10.0.0.5:8080\", \"[::1]:8080\", \"app-1.internal:8080\")")
+    };
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if port == 0 || !host_ok {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// Turns a byte offset into a 1-based line and column.
+fn locate(text: &str, origin: &str, offset: usize, message: String) -> ConfigError {
+    let offset = offset.min(text.len());
+    let before = &text[..text.floor_char_boundary(offset)];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    ConfigError {
+        origin: origin.to_string(),
+        line,
+        column,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> ConfigError {
+        from_toml_str(text, "t.toml").expect_err("should be rejected")
+    }
+
+    const ONE: &str = "[[backend]]\nname = \"a\"\naddress = \"127.0.0.1:9001\"\n";
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let c = from_toml_str(ONE, "t.toml").unwrap();
+        assert_eq!(c.listen.address, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.routing.key, default_keys());
+        assert_eq!(c.routing.algorithm, AlgorithmConfig::Ring { vnodes: 160 });
+        assert_eq!(c.timeouts.connect, Duration::from_secs(1));
+        assert_eq!(c.backends[0].weight.get(), 1);
+    }
+
+    #[test]
+    fn shipped_config_parses() {
+        let text = include_str!("../config.toml");
+        let c = from_toml_str(text, "config.toml").unwrap();
+        assert!(c.backends.len() >= 3);
+    }
+
+    #[test]
+    fn errors_name_line_and_column() {
+        let e = err(&format!("{ONE}weight = 0\n"));
+        assert_eq!((e.line, e.column), (4, 10), "{e}");
+        assert!(e.message.contains("weight"), "{e}");
+        let e = err("[routing]\nbogus = 1\n");
+        assert_eq!(e.line, 2, "{e}");
+        let e = err(&format!(
+            "{ONE}[[backend]]\nname = \"a\"\naddress = \"127.0.0.1:9002\"\n"
+        ));
+        assert_eq!((e.line, e.column), (5, 8), "{e}");
+        assert!(e.message.contains("duplicate backend name"), "{e}");
+        let e = err(&format!("[timeouts]\nconnect = \"fast\"\n{ONE}"));
+        assert_eq!(e.line, 2, "{e}");
+        let e = err("[[backend]]\nname = \"a\"\naddress = \"nowhere\"\n");
+        assert_eq!(e.line, 3, "{e}");
+        assert!(err("").message.contains("pool is empty"));
+        let e = err(&format!("[health]\npath = \"/\"\n{ONE}"));
+        assert!(e.message.contains("not supported yet"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            format!("t.toml:{}:{}: {}", e.line, e.column, e.message)
+        );
+    }
+
+    #[test]
+    fn key_sources_parse() {
+        assert_eq!(
+            key_source("header:X-Id"),
+            Ok(KeySource::Header("x-id".into()))
+        );
+        assert_eq!(key_source("client-ip"), Ok(KeySource::ClientIp));
+        assert!(key_source("header:").is_err());
+        assert!(key_source("body:x").is_err());
+        assert!(key_source("cookie:a b").is_err());
+    }
+
+    #[test]
+    fn host_port_forms() {
+        for ok in [
+            "127.0.0.1:80",
+            "[::1]:8080",
+            "app-1.internal:9000",
+            "localhost:1",
+        ] {
+            assert!(validate_host_port(ok).is_ok(), "{ok}");
+        }
+        for bad in ["127.0.0.1", "host:0", ":80", "a..b:80", "x:99999", "a b:80"] {
+            assert!(validate_host_port(bad).is_err(), "{bad}");
+        }
+    }
+}

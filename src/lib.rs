@@ -1,0 +1,31 @@
+//! stickylb: a reverse-proxy HTTP load balancer with sticky consistent hashing.
+//!
+//! Layout, from the bottom up:
+//! - `ring`: consistent hashing as pure values (owner, preference order,
+//!   shares, exact remap fraction). No HTTP, no TOML.
+//! - `config`: TOML text -> validated `Config`, errors with line and column.
+//! - `key`: the client id of a request (header, cookie, query, peer address).
+//! - `backend`: a backend's identity and live atomic state.
+//! - `router`: `Snapshot { ring, backends, key spec, timeouts }` behind one `ArcSwap`.
+//! - `error`: every failure the proxy answers itself -> status and body.
+//! - `proxy`: the request path: key -> pick -> rewrite -> forward -> finish.
+//! - `server`: accept loop, HTTP/1.1 + h2c, timeouts, graceful drain.
+//! - `demo`: echo backends for `stickylb demo`.
+//!
+//! Data flow:
+//! ```text
+//! config.toml -> config::from_toml_str -> router::Snapshot::build -> Router (ArcSwap)
+//! request -> server -> proxy: key::extract -> Router::load -> ring owner
+//!         -> rewrite headers -> pooled client -> backend -> response streamed back
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod key;
+pub mod proxy;
+pub mod ring;
+pub mod router;
+pub mod server;
