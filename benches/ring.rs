@@ -3,7 +3,10 @@
 //!
 //! `cargo bench --bench ring` (add `-- --quick` for a fast smoke run).
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BatchSize, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
 use std::hint::black_box;
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -32,10 +35,7 @@ fn hashes() -> Vec<u64> {
     (0..KEYS).map(|_| rng.u64(..)).collect()
 }
 
-fn configure(
-    c: &mut Criterion,
-    name: &str,
-) -> criterion::BenchmarkGroup<'_, criterion::measurement::WallTime> {
+fn configure<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
     let mut group = c.benchmark_group(name);
     group
         .warm_up_time(Duration::from_secs(1))
@@ -89,7 +89,7 @@ fn build_time(c: &mut Criterion) {
             b.iter_batched(
                 || members(n),
                 |m| Ring::build(m, Algorithm::Ring { vnodes: VNODES }, 0).expect("ring builds"),
-                criterion::BatchSize::SmallInput,
+                BatchSize::SmallInput,
             )
         });
     }

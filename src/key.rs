@@ -225,7 +225,8 @@ mod tests {
         let h = headers(&[("cookie", "x=1"), ("cookie", "sid=\"bob\"")]);
         let (kind, key) = s.extract(&h, &uri, PEER).unwrap();
         assert_eq!((kind, key.as_bytes()), (KeyKind::Cookie, &b"bob"[..]));
-        let (kind, key) = s.extract(&HeaderMap::new(), &uri, PEER).unwrap();
+        let empty = HeaderMap::new();
+        let (kind, key) = s.extract(&empty, &uri, PEER).unwrap();
         assert_eq!((kind, key.as_bytes()), (KeyKind::Query, &b"carol"[..]));
         let bare: Uri = "/p?u=".parse().unwrap();
         assert_eq!(

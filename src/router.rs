@@ -33,7 +33,7 @@ impl Snapshot {
         for b in &config.backends {
             let kept = previous.and_then(|p| {
                 p.backends.iter().find(|o| {
-                    &*o.name == b.name && &*o.address == b.address && o.weight == b.weight
+                    *o.name == *b.name && *o.address == *b.address && o.weight == b.weight
                 })
             });
             let backend = match kept {

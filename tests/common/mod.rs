@@ -1,0 +1,297 @@
+//! Test fixtures: real backends (small hyper servers), a real proxy, and a
+//! real HTTP client, all on 127.0.0.1 with ports from binding port 0. Every
+//! server stops when its handle is dropped.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use stickylb::config;
+use stickylb::proxy::{Proxy, UpstreamOptions};
+use stickylb::router::{Router, Snapshot};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// A backend that answers with its name. Paths:
+/// - `/headers`: the request headers, one `name: value` per line;
+/// - `/upload`: consumes the body, answers `LEN CHECKSUM`;
+/// - `/download?bytes=N`: streams N bytes of `pattern_byte(i)` in 64 KiB chunks;
+/// - `/status/NNN`: that status, with `x-custom: kept` and hop-by-hop headers;
+/// - `/slow?ms=N`: waits N ms before the headers;
+/// - anything else: the name.
+///
+/// Every response carries `x-backend: NAME`.
+pub struct TestBackend {
+    pub name: String,
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for TestBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub fn pattern_byte(i: u64) -> u8 {
+    (i.wrapping_mul(31) % 251) as u8
+}
+
+/// A checksum both sides can compute over a stream of bytes.
+pub fn checksum(acc: u64, chunk: &[u8]) -> u64 {
+    chunk.iter().fold(acc, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+pub const CHECKSUM_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+type TestBody = BoxBody<Bytes, Infallible>;
+
+fn full(b: impl Into<Bytes>) -> TestBody {
+    Full::new(b.into()).boxed()
+}
+
+async fn backend_reply(name: Arc<str>, req: Request<Incoming>) -> Response<TestBody> {
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let param = |k: &str| -> u64 {
+        query
+            .split('&')
+            .find_map(|p| p.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut resp = if path == "/headers" {
+        let mut text = String::new();
+        for (k, v) in req.headers() {
+            text.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("?")));
+        }
+        Response::new(full(text))
+    } else if path == "/upload" {
+        let mut body = req.into_body();
+        let (mut len, mut sum) = (0u64, CHECKSUM_START);
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { break };
+            if let Some(data) = frame.data_ref() {
+                len += data.len() as u64;
+                sum = checksum(sum, data);
+            }
+        }
+        Response::new(full(format!("{len} {sum}")))
+    } else if path == "/download" {
+        Response::new(
+            PatternBody {
+                sent: 0,
+                total: param("bytes"),
+            }
+            .boxed(),
+        )
+    } else if let Some(code) = path.strip_prefix("/status/") {
+        let mut r = Response::new(full("status\n"));
+        *r.status_mut() = code
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::OK);
+        let h = r.headers_mut();
+        h.insert("x-custom", HeaderValue::from_static("kept"));
+        h.insert("connection", HeaderValue::from_static("x-hop"));
+        h.insert("x-hop", HeaderValue::from_static("dropped"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        r
+    } else if path == "/slow" {
+        tokio::time::sleep(Duration::from_millis(param("ms"))).await;
+        Response::new(full(name.to_string()))
+    } else {
+        Response::new(full(name.to_string()))
+    };
+    resp.headers_mut().insert(
+        "x-backend",
+        HeaderValue::from_str(&name).expect("test names are ASCII"),
+    );
+    resp
+}
+
+/// A body of `total` bytes of `pattern_byte(i)`, produced 64 KiB at a time
+/// as the reader asks for them.
+struct PatternBody {
+    sent: u64,
+    total: u64,
+}
+
+impl hyper::body::Body for PatternBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.sent >= self.total {
+            return std::task::Poll::Ready(None);
+        }
+        let end = (self.sent + 65536).min(self.total);
+        let data: Vec<u8> = (self.sent..end).map(pattern_byte).collect();
+        self.sent = end;
+        std::task::Poll::Ready(Some(Ok(Frame::data(Bytes::from(data)))))
+    }
+}
+
+pub async fn spawn_backend(name: &str) -> TestBackend {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind backend");
+    let addr = listener.local_addr().expect("backend addr");
+    let shared: Arc<str> = name.into();
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            let name = shared.clone();
+            conns.spawn(async move {
+                let svc = service_fn(move |req| {
+                    let name = name.clone();
+                    async move { Ok::<_, Infallible>(backend_reply(name, req).await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    TestBackend {
+        name: name.to_string(),
+        addr,
+        task,
+    }
+}
+
+pub async fn spawn_backends(n: usize) -> Vec<TestBackend> {
+    let mut v = Vec::with_capacity(n);
+    for i in 1..=n {
+        v.push(spawn_backend(&format!("backend-{i}")).await);
+    }
+    v
+}
+
+/// A config file's text for `backends`, with `extra` appended (more sections).
+pub fn config_text(backends: &[&TestBackend], routing: &str, extra: &str) -> String {
+    let mut s = format!("[listen]\naddress = \"127.0.0.1:1\"\n[admin]\naddress = \"127.0.0.1:2\"\n[routing]\n{routing}\n{extra}\n");
+    for b in backends {
+        s.push_str(&format!(
+            "[[backend]]\nname = \"{}\"\naddress = \"{}\"\n",
+            b.name, b.addr
+        ));
+    }
+    s
+}
+
+/// A proxy serving on its own port-0 listener; stopped when dropped.
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    pub router: Arc<Router>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub async fn spawn_proxy(config_text: &str) -> TestProxy {
+    let config = config::from_toml_str(config_text, "test.toml").expect("valid test config");
+    let snap = Snapshot::build(&config, 1, None).expect("snapshot");
+    let router = Arc::new(Router::new(snap));
+    let proxy = Arc::new(Proxy::new(
+        router.clone(),
+        UpstreamOptions {
+            connect_timeout: config.timeouts.connect,
+            pool_idle: config.timeouts.idle,
+        },
+    ));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+    let addr = listener.local_addr().expect("proxy addr");
+    let task = tokio::spawn(async move {
+        stickylb::server::run(listener, proxy, std::future::pending())
+            .await
+            .expect("server runs");
+    });
+    TestProxy { addr, router, task }
+}
+
+/// A real HTTP/1.1 client with keep-alive.
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A real HTTP/2 (prior knowledge, h2c) client.
+pub fn h2_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn backend(&self) -> String {
+        self.headers
+            .get("x-backend")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+/// Sends a request and reads the whole reply, failing the test after 10 s.
+pub async fn send(client: &Client<HttpConnector, Full<Bytes>>, req: Request<Full<Bytes>>) -> Reply {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let resp = client.request(req).await.expect("request");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    })
+    .await
+    .expect("reply within 10 s")
+}
+
+pub fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    let mut b = Request::get(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(Bytes::new())).expect("request")
+}
+
+/// GET `path` with `X-Client-Id: id` and return the serving backend's name.
+pub async fn backend_for(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    addr: SocketAddr,
+    id: &str,
+) -> String {
+    let r = send(client, get(addr, "/", &[("x-client-id", id)])).await;
+    assert_eq!(r.status, StatusCode::OK, "id {id}: {}", r.text());
+    r.backend()
+}
