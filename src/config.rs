@@ -16,7 +16,23 @@ pub struct Config {
     pub admin: Admin,
     pub routing: Routing,
     pub timeouts: Timeouts,
+    pub log: Log,
     pub backends: Vec<BackendConfig>,
+}
+
+/// `[log]`: the optional access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Log {
+    /// One line per request on stdout; off by default.
+    pub access: bool,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -116,7 +132,7 @@ struct RawFile {
     timeouts: Option<RawTimeouts>,
     health: Option<Spanned<toml::Value>>,
     limits: Option<Spanned<toml::Value>>,
-    log: Option<Spanned<toml::Value>>,
+    log: Option<RawLog>,
     #[serde(default)]
     backend: Vec<Spanned<RawBackend>>,
 }
@@ -160,6 +176,13 @@ struct RawTimeouts {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawLog {
+    access: Option<bool>,
+    format: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawBackend {
     name: Spanned<String>,
     address: Spanned<String>,
@@ -177,11 +200,7 @@ pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
         at(start..start, e.message().trim_end().to_string())
     })?;
 
-    for (section, value) in [
-        ("[health]", &raw.health),
-        ("[limits]", &raw.limits),
-        ("[log]", &raw.log),
-    ] {
+    for (section, value) in [("[health]", &raw.health), ("[limits]", &raw.limits)] {
         if let Some(v) = value {
             return Err(at(v.span(), format!("{section} is not supported yet")));
         }
@@ -220,6 +239,24 @@ pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
     let routing = routing(&at, raw.routing)?;
     let timeouts = timeouts(&at, raw.timeouts)?;
     let backends = backends(&at, text, raw.backend)?;
+    let log = match raw.log {
+        None => Log::default(),
+        Some(l) => Log {
+            access: l.access.unwrap_or(false),
+            format: match l.format {
+                None => LogFormat::Text,
+                Some(f) => match f.get_ref().as_str() {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    other => {
+                        return Err(at(f.span(), format!(
+                            "log.format must be \"text\" or \"json\", not {other:?}"
+                        )))
+                    }
+                },
+            },
+        },
+    };
 
     let total_weight: u64 = backends.iter().map(|b| u64::from(b.weight.get())).sum();
     let AlgorithmConfig::Ring { vnodes } = routing.algorithm;
@@ -234,6 +271,7 @@ pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
         admin,
         routing,
         timeouts,
+        log,
         backends,
     })
 }

@@ -41,12 +41,13 @@ impl ProxyError {
         }
     }
 
-    /// The `kind` label of `upstream_errors_total`, for upstream failures.
-    pub fn upstream_kind(self) -> Option<&'static str> {
+    /// For upstream failures, the index of its `kind` label in
+    /// `metrics::UPSTREAM_ERROR_KINDS` (connect, timeout, protocol).
+    pub fn upstream_kind(self) -> Option<usize> {
         match self {
-            ProxyError::Connect => Some("connect"),
-            ProxyError::Timeout => Some("timeout"),
-            ProxyError::Protocol => Some("protocol"),
+            ProxyError::Connect => Some(0),
+            ProxyError::Timeout => Some(1),
+            ProxyError::Protocol => Some(2),
             ProxyError::MissingKey | ProxyError::NoBackend => None,
         }
     }

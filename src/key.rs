@@ -23,6 +23,7 @@ enum Source {
 }
 
 /// Where the key came from (the `source` label of `key_source_total`).
+/// `ALL` lists the kinds in declaration order, so `kind as usize` indexes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KeyKind {
     Header,
@@ -233,6 +234,13 @@ mod tests {
             s.extract(&HeaderMap::new(), &bare, PEER).err(),
             Some(Rejected)
         );
+    }
+
+    #[test]
+    fn all_is_in_declaration_order() {
+        for (i, k) in KeyKind::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i);
+        }
     }
 
     #[test]

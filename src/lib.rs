@@ -6,26 +6,34 @@
 //! - `config`: TOML text -> validated `Config`, errors with line and column.
 //! - `key`: the client id of a request (header, cookie, query, peer address).
 //! - `backend`: a backend's identity and live atomic state.
+//! - `metrics`: the typed Prometheus metrics over an owned registry.
 //! - `router`: `Snapshot { ring, backends, key spec, timeouts }` behind one `ArcSwap`.
+//! - `reload`: notify + SIGHUP -> parse -> build -> swap -> metrics; `diff`.
 //! - `error`: every failure the proxy answers itself -> status and body.
 //! - `proxy`: the request path: key -> pick -> rewrite -> forward -> finish.
 //! - `server`: accept loop, HTTP/1.1 + h2c, timeouts, graceful drain.
+//! - `admin`: `/metrics`, `/healthz`, `/ring`, `/ring/lookup`.
 //! - `demo`: echo backends for `stickylb demo`.
 //!
 //! Data flow:
 //! ```text
-//! config.toml -> config::from_toml_str -> router::Snapshot::build -> Router (ArcSwap)
+//! config.toml --(notify, debounce | SIGHUP)--> reload: read file
+//!   -> config::from_toml_str -> router::Snapshot::build(&config, &old) -> ArcSwap::store -> metrics
+//!      (any error: log + count; the old snapshot keeps serving)
 //! request -> server -> proxy: key::extract -> Router::load -> ring owner
 //!         -> rewrite headers -> pooled client -> backend -> response streamed back
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod backend;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod key;
+pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod ring;
 pub mod router;
 pub mod server;

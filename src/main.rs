@@ -5,11 +5,15 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use stickylb::admin::{self, Admin};
 use stickylb::config::{self, Config};
-use stickylb::proxy::{Proxy, UpstreamOptions};
-use stickylb::router::{Router, Snapshot};
+use stickylb::metrics::Metrics;
+use stickylb::proxy::Proxy;
+use stickylb::reload::{self, Reloader};
+use stickylb::router::{ring_of, Router};
 use stickylb::{demo, server};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 #[derive(Parser)]
 #[command(
@@ -41,6 +45,14 @@ enum Command {
     },
     /// Run the proxy with built-in echo backends on the config's loopback addresses.
     Demo,
+    /// Preview a pool change: the exact keyspace that changes owner, per backend.
+    Diff {
+        old: PathBuf,
+        new: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// A failure to report as one sentence, with exit code 1.
@@ -60,10 +72,12 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Check => check(&cli.config),
         Command::Route { keys } => route(&cli.config, &keys),
+        Command::Diff { old, new, json } => diff(&old, &new, json),
         Command::Run => serve(&cli.config, cli.threads, false),
         Command::Demo => serve(&cli.config, cli.threads, true),
     };
@@ -82,32 +96,19 @@ fn load(path: &Path) -> Result<Config, Failure> {
     Ok(config::from_toml_str(&text, &path.display().to_string())?)
 }
 
-fn snapshot(path: &Path) -> Result<(Config, Snapshot), Failure> {
-    let config = load(path)?;
-    let snap = Snapshot::build(&config, 1, None).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok((config, snap))
-}
-
 fn check(path: &Path) -> Result<(), Failure> {
-    let (config, snap) = snapshot(path)?;
-    let shares = snap.ring.shares();
+    let config = load(path)?;
+    let ring = ring_of(&config).map_err(|e| format!("{}: {e}", path.display()))?;
+    let config::AlgorithmConfig::Ring { vnodes } = config.routing.algorithm;
     println!(
-        "{}: ok, {} backends, algorithm ring ({} vnodes per weight), seed {}, fingerprint {:016x}",
+        "{}: ok, {} backends, algorithm ring ({vnodes} vnodes per weight), seed {}, fingerprint {:016x}",
         path.display(),
-        snap.backends.len(),
-        match config.routing.algorithm {
-            config::AlgorithmConfig::Ring { vnodes } => vnodes,
-        },
+        config.backends.len(),
         config.routing.seed,
-        snap.ring.fingerprint()
+        ring.fingerprint()
     );
-    let width = snap
-        .backends
-        .iter()
-        .map(|b| b.name.len())
-        .max()
-        .unwrap_or(0);
-    for (b, share) in snap.backends.iter().zip(shares) {
+    let width = config.backends.iter().map(|b| b.name.len()).max().unwrap_or(0);
+    for (b, share) in config.backends.iter().zip(ring.shares()) {
         println!(
             "  {:width$}  {:21}  weight {:<3}  share {:6.2}%",
             b.name,
@@ -120,15 +121,28 @@ fn check(path: &Path) -> Result<(), Failure> {
 }
 
 fn route(path: &Path, keys: &[String]) -> Result<(), Failure> {
-    let (_, snap) = snapshot(path)?;
+    let config = load(path)?;
+    let ring = ring_of(&config).map_err(|e| format!("{}: {e}", path.display()))?;
     for key in keys {
-        println!("{key} -> {}", snap.owner(key.as_bytes()).name);
+        let owner = ring.owner(ring.hash(key.as_bytes()));
+        println!("{key} -> {}", ring.members()[owner].name);
+    }
+    Ok(())
+}
+
+fn diff(old: &Path, new: &Path, json: bool) -> Result<(), Failure> {
+    let d = reload::diff(&load(old)?, &load(new)?)?;
+    if json {
+        println!("{}", serde_json::to_string(&d)?);
+    } else {
+        print!("{}", d.to_text());
     }
     Ok(())
 }
 
 fn serve(path: &Path, threads: Option<usize>, with_demo: bool) -> Result<(), Failure> {
-    let (config, snap) = snapshot(path)?;
+    let metrics = Arc::new(Metrics::new());
+    let (config, snap) = reload::load_initial(path, &metrics)?;
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = threads {
         rt.worker_threads(n.max(1));
@@ -141,23 +155,44 @@ fn serve(path: &Path, threads: Option<usize>, with_demo: bool) -> Result<(), Fai
         let listener = TcpListener::bind(config.listen.address)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen.address))?;
+        let admin_listener = TcpListener::bind(config.admin.address)
+            .await
+            .map_err(|e| format!("cannot listen on admin address {}: {e}", config.admin.address))?;
         let router = Arc::new(Router::new(snap));
-        let proxy = Arc::new(Proxy::new(
-            router,
-            UpstreamOptions {
-                connect_timeout: config.timeouts.connect,
-                pool_idle: config.timeouts.idle,
-            },
-        ));
+        let proxy = Arc::new(Proxy::new(router.clone(), metrics.clone()));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let admin = Arc::new(Admin {
+            router: router.clone(),
+            metrics: metrics.clone(),
+        });
+        let admin_task = tokio::spawn(admin::run(admin_listener, admin, stopped(stop_rx.clone())));
+        let reloader = Arc::new(Reloader::new(path, &config, router, metrics));
+        let reload_task = tokio::spawn(reloader.run(stopped(stop_rx.clone())));
         tracing::info!(
-            "listening on http://{} with {} backends",
+            "listening on http://{} with {} backends; admin on http://{}",
             config.listen.address,
-            config.backends.len()
+            config.backends.len(),
+            config.admin.address
         );
-        server::run(listener, proxy, shutdown_signal()).await?;
+        let shutdown = async move {
+            shutdown_signal().await;
+            stop_tx.send_replace(true);
+        };
+        server::run(listener, proxy, shutdown).await?;
+        for task in [admin_task, reload_task] {
+            if let Err(e) = task.await {
+                tracing::warn!("background task ended abnormally: {e}");
+            }
+        }
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Resolves once `rx` turns true (or its sender is gone).
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    // An error means the sender is gone, which is a stop too.
+    let _ = rx.wait_for(|stop| *stop).await;
 }
 
 /// Starts an echo backend on every loopback backend address of the config.

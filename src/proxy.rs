@@ -2,29 +2,26 @@
 //! key -> pick -> rewrite -> forward -> finish. Bodies stream through in both
 //! directions; nothing here knows about TOML or files.
 
-use crate::backend::{Backend, InFlight};
+use crate::backend::Backend;
+use crate::config::{Log, LogFormat};
 use crate::error::ProxyError;
-use crate::key::Rejected;
+use crate::key::{KeyKind, Rejected};
+use crate::metrics::Metrics;
 use crate::router::Router;
+use prometheus::IntCounter;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What the proxy answers with: the backend's streamed body, or a short
 /// body of its own.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
-
-/// Pooled keep-alive HTTP/1.1 client to the backends.
-pub type UpstreamClient = Client<HttpConnector, Incoming>;
 
 /// Facts about the client connection a request arrived on.
 #[derive(Debug, Clone, Copy)]
@@ -34,17 +31,21 @@ pub struct ConnInfo {
     pub scheme: &'static str,
 }
 
-/// Settings of the upstream client that are fixed for the process.
-#[derive(Debug, Clone, Copy)]
-pub struct UpstreamOptions {
-    pub connect_timeout: Duration,
-    /// How long an idle pooled backend connection is kept.
-    pub pool_idle: Duration,
-}
-
 pub struct Proxy {
     router: Arc<Router>,
-    client: UpstreamClient,
+    metrics: Arc<Metrics>,
+    /// `key_source_total` children, indexed by `KeyKind as usize`.
+    key_sources: [IntCounter; KeyKind::ALL.len()],
+    key_rejected: IntCounter,
+    ring_change: IntCounter,
+}
+
+/// What the pick phase decided, carried to the finish phase.
+struct Picked {
+    backend: Arc<Backend>,
+    source: KeyKind,
+    response_timeout: Duration,
+    log: Log,
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1,
@@ -66,60 +67,89 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 impl Proxy {
-    pub fn new(router: Arc<Router>, options: UpstreamOptions) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(options.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(options.pool_idle)
-            .build(connector);
-        Proxy { router, client }
+    pub fn new(router: Arc<Router>, metrics: Arc<Metrics>) -> Self {
+        let key_sources = KeyKind::ALL.map(|k| metrics.key_source(k.as_str()));
+        let key_rejected = metrics.key_source("rejected");
+        let ring_change = metrics.remapped("ring_change");
+        Proxy {
+            router,
+            metrics,
+            key_sources,
+            key_rejected,
+            ring_change,
+        }
     }
 
     pub fn router(&self) -> &Arc<Router> {
         &self.router
     }
 
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Serves one client request.
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
-        let (backend, response_timeout) = match self.pick(&req, conn) {
+        let start = Instant::now();
+        let picked = match self.pick(&req, conn) {
             Ok(picked) => picked,
-            Err(e) => return finish_error(e, None, &req),
+            Err(e) => {
+                log_error(e, None, req.method(), req.uri().path());
+                return error_response(e);
+            }
         };
-        let in_flight = backend.start();
-        // Cheap copies (no allocation) for the log line should the backend fail.
+        let in_flight = picked.backend.start();
+        // Cheap copies (no allocation) for the log lines after the request is sent.
         let method = req.method().clone();
         let path = req.uri().path_and_query().cloned();
-        let req = rewrite(req, &backend, conn);
-        match forward(&self.client, req, response_timeout).await {
-            Ok(resp) => finish(resp, in_flight),
+        let req = rewrite(req, &picked.backend, conn);
+        let result = forward(&picked.backend, req, picked.response_timeout).await;
+        let path = path.as_ref().map_or("/", |p| p.path());
+        let resp = match result {
+            Ok(resp) => strip_response(resp),
             Err(e) => {
-                let path = path.as_ref().map_or("/", |p| p.path());
-                log_error(e, Some(&backend), &method, path);
+                if let Some(kind) = e.upstream_kind() {
+                    picked.backend.metrics.upstream_error(kind);
+                }
+                log_error(e, Some(&picked.backend), &method, path);
                 error_response(e)
             }
+        };
+        let status = resp.status().as_u16();
+        let m = &picked.backend.metrics;
+        m.request(status);
+        m.duration.observe(start.elapsed().as_secs_f64());
+        drop(in_flight);
+        if picked.log.access {
+            access_log(&picked, conn, &method, path, status, start.elapsed());
         }
+        resp
     }
 
     /// Phases key + pick: the request's key, hashed, looked up in the live
     /// snapshot. The snapshot guard is released before returning.
-    fn pick(
-        &self,
-        req: &Request<Incoming>,
-        conn: ConnInfo,
-    ) -> Result<(Arc<Backend>, Duration), ProxyError> {
+    fn pick(&self, req: &Request<Incoming>, conn: ConnInfo) -> Result<Picked, ProxyError> {
         let snap = self.router.load();
-        let (_kind, key) = snap
-            .keys
-            .extract(req.headers(), req.uri(), conn.peer.ip())
-            .map_err(|Rejected| ProxyError::MissingKey)?;
+        let (source, key) = match snap.keys.extract(req.headers(), req.uri(), conn.peer.ip()) {
+            Ok(found) => found,
+            Err(Rejected) => {
+                self.key_rejected.inc();
+                return Err(ProxyError::MissingKey);
+            }
+        };
+        self.key_sources[source as usize].inc();
         let hash = snap.ring.hash(key.as_bytes());
         let owner = snap.ring.owner(hash);
+        if snap.owner_changed(hash, owner) {
+            self.ring_change.inc();
+        }
         let backend = snap.backends.get(owner).ok_or(ProxyError::NoBackend)?;
-        Ok((backend.clone(), snap.timeouts.response_headers))
+        Ok(Picked {
+            backend: backend.clone(),
+            source,
+            response_timeout: snap.timeouts.response_headers,
+            log: snap.log,
+        })
     }
 }
 
@@ -188,13 +218,14 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
     }
 }
 
-/// Phase forward: send upstream and wait for the response headers.
+/// Phase forward: send upstream on the backend's pool and wait for the
+/// response headers.
 async fn forward(
-    client: &UpstreamClient,
+    backend: &Backend,
     req: Request<Incoming>,
     timeout: Duration,
 ) -> Result<Response<Incoming>, ProxyError> {
-    match tokio::time::timeout(timeout, client.request(req)).await {
+    match tokio::time::timeout(timeout, backend.client.request(req)).await {
         Err(_) => Err(ProxyError::Timeout),
         Ok(Err(e)) if e.is_connect() => Err(ProxyError::Connect),
         Ok(Err(_)) => Err(ProxyError::Protocol),
@@ -202,23 +233,45 @@ async fn forward(
     }
 }
 
-/// Phase finish for a backend's answer: drop its hop-by-hop headers and
-/// stream its body to the client.
-fn finish(resp: Response<Incoming>, in_flight: InFlight) -> Response<ProxyBody> {
+/// Phase finish for a backend's answer: drop its hop-by-hop headers; its
+/// body streams on to the client.
+fn strip_response(resp: Response<Incoming>) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    drop(in_flight);
     Response::from_parts(parts, Either::Left(body))
 }
 
-/// Phase finish for a request the proxy answers itself.
-fn finish_error(
-    e: ProxyError,
-    backend: Option<&Backend>,
-    req: &Request<Incoming>,
-) -> Response<ProxyBody> {
-    log_error(e, backend, req.method(), req.uri().path());
-    error_response(e)
+/// One access-log line on stdout, when `[log] access = true`.
+fn access_log(
+    picked: &Picked,
+    conn: ConnInfo,
+    method: &http::Method,
+    path: &str,
+    status: u16,
+    took: Duration,
+) {
+    use std::io::Write;
+    let client = conn.peer.ip().to_canonical();
+    let backend = &*picked.backend.name;
+    let source = picked.source.as_str();
+    let ms = took.as_secs_f64() * 1000.0;
+    let line = match picked.log.format {
+        LogFormat::Text => format!(
+            "{client} {method} {path} {status} backend={backend} key_source={source} duration_ms={ms:.3}\n"
+        ),
+        LogFormat::Json => {
+            let mut s = serde_json::json!({
+                "client": client.to_string(), "method": method.as_str(), "path": path,
+                "status": status, "backend": backend, "key_source": source, "duration_ms": ms,
+            })
+            .to_string();
+            s.push('\n');
+            s
+        }
+    };
+    if let Err(e) = std::io::stdout().lock().write_all(line.as_bytes()) {
+        tracing::debug!("access log write failed: {e}");
+    }
 }
 
 fn log_error(e: ProxyError, backend: Option<&Backend>, method: &http::Method, path: &str) {

@@ -28,6 +28,8 @@ pub struct Member {
 pub enum RingError {
     #[error("the pool is empty")]
     Empty,
+    #[error("member name {0:?} appears twice")]
+    DuplicateName(Arc<str>),
     #[error("the ring would need {points} points (vnodes × total weight must be between 1 and {MAX_POINTS})")]
     TooManyPoints { points: u64 },
 }
@@ -37,6 +39,15 @@ pub enum RingError {
 pub enum Algorithm {
     /// Ketama-style ring with weighted virtual nodes.
     Ring { vnodes: u32 },
+}
+
+impl Algorithm {
+    /// The name used in config files and the `ring_info` metric.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Ring { .. } => "ring",
+        }
+    }
 }
 
 /// A built, immutable ring over a list of members; members are referred to
@@ -59,6 +70,11 @@ impl Ring {
     /// Builds a ring. Routing depends only on the members' names and weights,
     /// the algorithm and the seed, never on the order of `members`.
     pub fn build(members: Vec<Member>, algorithm: Algorithm, seed: u64) -> Result<Self, RingError> {
+        let mut names: Vec<&str> = members.iter().map(|m| &*m.name).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(RingError::DuplicateName(w[0].into()));
+        }
         let table = match algorithm {
             Algorithm::Ring { vnodes } => Table::Ketama(Ketama::build(&members, vnodes, seed)?),
         };
@@ -138,19 +154,17 @@ impl Ring {
     /// Exact fraction of the keyspace whose owner (compared by member name)
     /// differs between `self` and `other`.
     pub fn moved_fraction(&self, other: &Ring) -> f64 {
+        self.remap(other).moved
+    }
+
+    /// Exactly which part of the keyspace changes owner from `self` to
+    /// `other`, in total and per member (compared by name).
+    pub fn remap(&self, other: &Ring) -> Remap {
         let Table::Ketama(a) = &self.table;
         let Table::Ketama(b) = &other.table;
-        let by_name: HashMap<&str, u32> = other
-            .members
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (&*m.name, i as u32))
-            .collect();
-        let same: Vec<Option<u32>> = self
-            .members
-            .iter()
-            .map(|m| by_name.get(&*m.name).copied())
-            .collect();
+        let same = self.index_in(other);
+        let mut lost = vec![0u128; self.members.len()];
+        let mut gained = vec![0u128; other.members.len()];
         // Every point of either ring bounds an interval (prev, point] on which
         // both rings have a constant owner; sum the intervals where they differ.
         let mut bounds: Vec<u64> = a.arcs().chain(b.arcs()).map(|(p, _)| p).collect();
@@ -159,12 +173,35 @@ impl Ring {
         let mut moved: u128 = 0;
         let mut prev = bounds[bounds.len() - 1];
         for &p in &bounds {
-            if same[a.owner(p) as usize] != Some(b.owner(p)) {
-                moved += arc_len(prev, p, bounds.len());
+            let (from, to) = (a.owner(p), b.owner(p));
+            if same[from as usize] != Some(to) {
+                let len = arc_len(prev, p, bounds.len());
+                moved += len;
+                lost[from as usize] += len;
+                gained[to as usize] += len;
             }
             prev = p;
         }
-        moved as f64 / KEYSPACE as f64
+        let frac = |x: u128| x as f64 / KEYSPACE as f64;
+        Remap {
+            moved: frac(moved),
+            lost: lost.into_iter().map(frac).collect(),
+            gained: gained.into_iter().map(frac).collect(),
+        }
+    }
+
+    /// For each of this ring's members, its index in `other` (by name).
+    pub fn index_in(&self, other: &Ring) -> Vec<Option<u32>> {
+        let by_name: HashMap<&str, u32> = other
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (&*m.name, i as u32))
+            .collect();
+        self.members
+            .iter()
+            .map(|m| by_name.get(&*m.name).copied())
+            .collect()
     }
 
     /// `(length, owner)` of each arc of constant owner; lengths sum to 2^64.
@@ -178,6 +215,17 @@ impl Ring {
             Some((len, owner))
         })
     }
+}
+
+/// The keyspace that changes owner between two rings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Remap {
+    /// Fraction of the keyspace whose owner differs.
+    pub moved: f64,
+    /// By member of the old ring: the fraction of keyspace it gave away.
+    pub lost: Vec<f64>,
+    /// By member of the new ring: the fraction of keyspace it took over.
+    pub gained: Vec<f64>,
 }
 
 /// Size of the 64-bit keyspace.
@@ -215,8 +263,8 @@ fn fingerprint(members: &[Member], algorithm: Algorithm, seed: u64) -> u64 {
     }
     buf.extend_from_slice(&seed.to_le_bytes());
     for m in sorted {
+        buf.extend_from_slice(&(m.name.len() as u64).to_le_bytes());
         buf.extend_from_slice(m.name.as_bytes());
-        buf.push(0);
         buf.extend_from_slice(&m.weight.get().to_le_bytes());
     }
     xxh3_64_with_seed(&buf, 0)

@@ -16,7 +16,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use stickylb::config;
-use stickylb::proxy::{Proxy, UpstreamOptions};
+use stickylb::metrics::Metrics;
+use stickylb::proxy::Proxy;
 use stickylb::router::{Router, Snapshot};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -195,38 +196,64 @@ pub fn config_text(backends: &[&TestBackend], routing: &str, extra: &str) -> Str
     s
 }
 
-/// A proxy serving on its own port-0 listener; stopped when dropped.
+/// A proxy and its admin listener, each on its own port-0 listener, wired
+/// as `stickylb run` wires them; stopped when dropped.
 pub struct TestProxy {
     pub addr: SocketAddr,
+    pub admin: SocketAddr,
     pub router: Arc<Router>,
-    task: JoinHandle<()>,
+    pub metrics: Arc<Metrics>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Drop for TestProxy {
     fn drop(&mut self) {
-        self.task.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }
 
 pub async fn spawn_proxy(config_text: &str) -> TestProxy {
     let config = config::from_toml_str(config_text, "test.toml").expect("valid test config");
-    let snap = Snapshot::build(&config, 1, None).expect("snapshot");
-    let router = Arc::new(Router::new(snap));
-    let proxy = Arc::new(Proxy::new(
-        router.clone(),
-        UpstreamOptions {
-            connect_timeout: config.timeouts.connect,
-            pool_idle: config.timeouts.idle,
-        },
-    ));
+    let metrics = Arc::new(Metrics::new());
+    let snap = Snapshot::build(&config, None, &metrics).expect("snapshot");
+    start_proxy(Arc::new(Router::new(snap)), metrics).await
+}
+
+/// Serves an existing router (a reload test's) on fresh listeners.
+pub async fn start_proxy(router: Arc<Router>, metrics: Arc<Metrics>) -> TestProxy {
+    let proxy = Arc::new(Proxy::new(router.clone(), metrics.clone()));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
     let addr = listener.local_addr().expect("proxy addr");
-    let task = tokio::spawn(async move {
-        stickylb::server::run(listener, proxy, std::future::pending())
-            .await
-            .expect("server runs");
+    let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+    let admin = admin_listener.local_addr().expect("admin addr");
+    let admin_state = Arc::new(stickylb::admin::Admin {
+        router: router.clone(),
+        metrics: metrics.clone(),
     });
-    TestProxy { addr, router, task }
+    let tasks = vec![
+        tokio::spawn(async move {
+            stickylb::server::run(listener, proxy, std::future::pending())
+                .await
+                .expect("server runs");
+        }),
+        tokio::spawn(stickylb::admin::run(admin_listener, admin_state, std::future::pending())),
+    ];
+    TestProxy {
+        addr,
+        admin,
+        router,
+        metrics,
+        tasks,
+    }
+}
+
+/// The value of a metric line `name{labels} value` in a `/metrics` text;
+/// `series` is everything before the value.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// A real HTTP/1.1 client with keep-alive.

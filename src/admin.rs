@@ -1,0 +1,193 @@
+//! The admin listener: `/metrics`, `/healthz`, `/ring`, `/ring/lookup`.
+//! Its own small hyper server, apart from the proxy's connections.
+
+use crate::metrics::Metrics;
+use crate::ring::degrees;
+use crate::router::Router;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+pub struct Admin {
+    pub router: Arc<Router>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Serves the admin endpoints on `listener` until `shutdown` resolves.
+pub async fn run(listener: TcpListener, admin: Arc<Admin>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("admin accept failed: {e}; retrying in 100ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+        };
+        let admin = admin.clone();
+        conns.spawn(async move {
+            let service = service_fn(move |req| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(admin.answer(&req)) }
+            });
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10));
+            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+                tracing::debug!(%peer, "admin connection: {e}");
+            }
+        });
+    }
+}
+
+impl Admin {
+    pub fn answer(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served here\n".into());
+        }
+        match req.uri().path() {
+            "/metrics" => {
+                let mut r = text(StatusCode::OK, self.metrics.encode());
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                r
+            }
+            "/healthz" => text(StatusCode::OK, "ok\n".into()),
+            "/ring" => json(&self.ring()),
+            "/ring/lookup" => match req.uri().query().and_then(|q| query_value(q, "key")) {
+                Some(key) => json(&self.lookup(&key)),
+                None => text(
+                    StatusCode::BAD_REQUEST,
+                    "usage: /ring/lookup?key=CLIENT_ID\n".into(),
+                ),
+            },
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found: try /metrics, /healthz, /ring, /ring/lookup?key=K\n".into(),
+            ),
+        }
+    }
+
+    fn ring(&self) -> serde_json::Value {
+        let snap = self.router.load();
+        let shares = snap.ring.shares();
+        let backends: Vec<_> = snap
+            .backends
+            .iter()
+            .zip(shares)
+            .map(|(b, share)| {
+                serde_json::json!({
+                    "name": &*b.name,
+                    "address": &*b.address,
+                    "weight": b.weight.get(),
+                    "healthy": b.metrics.healthy.get() == 1,
+                    "share": share,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "generation": snap.generation,
+            "algorithm": snap.ring.algorithm().name(),
+            "fingerprint": format!("{:016x}", snap.ring.fingerprint()),
+            "backends": backends,
+        })
+    }
+
+    fn lookup(&self, key: &str) -> serde_json::Value {
+        let snap = self.router.load();
+        let hash = snap.ring.hash(key.as_bytes());
+        let owner = &*snap.backends[snap.ring.owner(hash)].name;
+        serde_json::json!({
+            "key": key,
+            "backend": owner,
+            "owner": owner,
+            "position": hash,
+            "degrees": degrees(hash),
+        })
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(value.to_string())));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// A query parameter's value, percent-decoded (`+` is a space).
+fn query_value(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 3;
+                        continue;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_query_values() {
+        assert_eq!(query_value("x=1&key=a%20b+c", "key").as_deref(), Some("a b c"));
+        assert_eq!(query_value("key=100%", "key").as_deref(), Some("100%"));
+        assert_eq!(query_value("key=%4", "key").as_deref(), Some("%4"));
+        assert_eq!(query_value("key=%e2%82%ac", "key").as_deref(), Some("€"));
+        assert_eq!(query_value("other=1", "key"), None);
+    }
+}

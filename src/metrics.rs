@@ -1,0 +1,262 @@
+//! The metrics of SPEC.md as a typed struct over an owned prometheus
+//! `Registry`. Per-backend children are resolved once per rebuild, so the
+//! request path only touches atomics. No HTTP here.
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Time-to-headers buckets, in seconds: sub-millisecond loopback up to the
+/// default 30 s response timeout.
+const DURATION_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// `code_class` label values, indexed by `status / 100 - 1`.
+pub const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// `kind` label values of `upstream_errors_total`.
+pub const UPSTREAM_ERROR_KINDS: [&str; 3] = ["connect", "timeout", "protocol"];
+/// `source` label values of `key_source_total`.
+pub const KEY_SOURCES: [&str; 7] = [
+    "header",
+    "cookie",
+    "query",
+    "client_ip",
+    "random",
+    "generated",
+    "rejected",
+];
+/// `reason` label values of `remapped_requests_total`.
+pub const REMAP_REASONS: [&str; 1] = ["ring_change"];
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    upstream_errors: IntCounterVec,
+    healthy: IntGaugeVec,
+    in_flight: IntGaugeVec,
+    share: GaugeVec,
+    generation: IntGauge,
+    info: IntGaugeVec,
+    pub rebuilds: IntCounter,
+    pub reload_failures: IntCounter,
+    pub last_remap_fraction: Gauge,
+    remapped: IntCounterVec,
+    key_source: IntCounterVec,
+}
+
+/// One backend's metric children, resolved at rebuild.
+#[derive(Clone)]
+pub struct BackendMetrics {
+    requests: [IntCounter; 5],
+    pub duration: Histogram,
+    upstream_errors: [IntCounter; 3],
+    pub healthy: IntGauge,
+    /// Requests in progress; also the backend's live in-flight count.
+    pub in_flight: IntGauge,
+    pub share: Gauge,
+}
+
+impl BackendMetrics {
+    /// Counts a proxied request by its status code.
+    #[inline]
+    pub fn request(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.requests[class].inc();
+    }
+
+    /// Counts an upstream failure; `kind` is an index into `UPSTREAM_ERROR_KINDS`.
+    pub fn upstream_error(&self, kind: usize) {
+        self.upstream_errors[kind].inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("stickylb".into()), None)
+            .expect("a constant prefix is valid");
+        let opts = |name: &str, help: &str| Opts::new(name, help);
+        let requests = IntCounterVec::new(
+            opts("requests_total", "Proxied requests by backend and status class."),
+            &["backend", "code_class"],
+        )
+        .expect("valid metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "request_duration_seconds",
+                "Time from receiving a request to the backend's response headers.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["backend"],
+        )
+        .expect("valid metric");
+        let upstream_errors = IntCounterVec::new(
+            opts("upstream_errors_total", "Backend failures: connect, timeout, protocol."),
+            &["backend", "kind"],
+        )
+        .expect("valid metric");
+        let healthy = IntGaugeVec::new(
+            opts(
+                "backend_healthy",
+                "1 if the backend is healthy, 0 if not (no health checks yet: always 1).",
+            ),
+            &["backend"],
+        )
+        .expect("valid metric");
+        let in_flight = IntGaugeVec::new(
+            opts("backend_in_flight", "Requests in progress per backend."),
+            &["backend"],
+        )
+        .expect("valid metric");
+        let share = GaugeVec::new(
+            opts("ring_share", "Fraction of the keyspace the backend owns (sums to 1)."),
+            &["backend"],
+        )
+        .expect("valid metric");
+        let generation = IntGauge::with_opts(opts(
+            "ring_generation",
+            "Increments at each rebuild that changed routing.",
+        ))
+        .expect("valid metric");
+        let info = IntGaugeVec::new(
+            opts(
+                "ring_info",
+                "The live ring's identity: instances with equal fingerprints route alike.",
+            ),
+            &["algorithm", "fingerprint"],
+        )
+        .expect("valid metric");
+        let rebuilds = IntCounter::with_opts(opts("ring_rebuilds_total", "Successful config reloads."))
+            .expect("valid metric");
+        let reload_failures = IntCounter::with_opts(opts(
+            "config_reload_failures_total",
+            "Rejected config files (the old config kept serving).",
+        ))
+        .expect("valid metric");
+        let last_remap_fraction = Gauge::with_opts(opts(
+            "ring_last_remap_fraction",
+            "Exact fraction of the keyspace whose owner changed at the last routing change.",
+        ))
+        .expect("valid metric");
+        let remapped = IntCounterVec::new(
+            opts(
+                "remapped_requests_total",
+                "Requests served by another backend than before: ring_change = the key's owner differs from the previous generation's.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let key_source = IntCounterVec::new(
+            opts("key_source_total", "Where each request's routing key came from."),
+            &["source"],
+        )
+        .expect("valid metric");
+
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(upstream_errors.clone()),
+            Box::new(healthy.clone()),
+            Box::new(in_flight.clone()),
+            Box::new(share.clone()),
+            Box::new(generation.clone()),
+            Box::new(info.clone()),
+            Box::new(rebuilds.clone()),
+            Box::new(reload_failures.clone()),
+            Box::new(last_remap_fraction.clone()),
+            Box::new(remapped.clone()),
+            Box::new(key_source.clone()),
+        ] {
+            registry.register(c).expect("metric names are distinct");
+        }
+        for s in KEY_SOURCES {
+            key_source.with_label_values(&[s]);
+        }
+        for r in REMAP_REASONS {
+            remapped.with_label_values(&[r]);
+        }
+        Metrics {
+            registry,
+            requests,
+            duration,
+            upstream_errors,
+            healthy,
+            in_flight,
+            share,
+            generation,
+            info,
+            rebuilds,
+            reload_failures,
+            last_remap_fraction,
+            remapped,
+            key_source,
+        }
+    }
+
+    /// Resolves (creating if new) a backend's children.
+    pub fn backend(&self, name: &str) -> BackendMetrics {
+        let healthy = self.healthy.with_label_values(&[name]);
+        healthy.set(1);
+        BackendMetrics {
+            requests: CODE_CLASSES.map(|c| self.requests.with_label_values(&[name, c])),
+            duration: self.duration.with_label_values(&[name]),
+            upstream_errors: UPSTREAM_ERROR_KINDS
+                .map(|k| self.upstream_errors.with_label_values(&[name, k])),
+            healthy,
+            in_flight: self.in_flight.with_label_values(&[name]),
+            share: self.share.with_label_values(&[name]),
+        }
+    }
+
+    /// Drops a removed backend's series so `/metrics` lists the live pool.
+    pub fn forget_backend(&self, name: &str) {
+        for c in CODE_CLASSES {
+            let _ = self.requests.remove_label_values(&[name, c]);
+        }
+        for k in UPSTREAM_ERROR_KINDS {
+            let _ = self.upstream_errors.remove_label_values(&[name, k]);
+        }
+        // A series that was never created has nothing to remove.
+        let _ = self.duration.remove_label_values(&[name]);
+        let _ = self.healthy.remove_label_values(&[name]);
+        let _ = self.in_flight.remove_label_values(&[name]);
+        let _ = self.share.remove_label_values(&[name]);
+    }
+
+    /// The `key_source_total` child for a label of `KEY_SOURCES`.
+    pub fn key_source(&self, source: &str) -> IntCounter {
+        self.key_source.with_label_values(&[source])
+    }
+
+    /// The `remapped_requests_total` child for a label of `REMAP_REASONS`.
+    pub fn remapped(&self, reason: &str) -> IntCounter {
+        self.remapped.with_label_values(&[reason])
+    }
+
+    /// Publishes the live ring's identity.
+    pub fn set_ring(&self, generation: u64, algorithm: &str, fingerprint: u64) {
+        self.generation.set(generation as i64);
+        self.info.reset();
+        self.info
+            .with_label_values(&[algorithm, &format!("{fingerprint:016x}")])
+            .set(1);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::with_capacity(8192);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!("encoding metrics failed: {e}");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

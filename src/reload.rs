@@ -1,0 +1,390 @@
+//! Live reload, in one pipeline: read -> parse -> validate -> build ->
+//! compare -> `ArcSwap::store` -> metrics -> one log line. Triggered by
+//! notify events on the config file's directory (debounced) and by SIGHUP.
+//! An invalid file changes nothing: the old snapshot keeps serving. Also
+//! the remap report behind `stickylb diff`.
+
+use crate::config::{self, Config};
+use crate::metrics::Metrics;
+use crate::ring::Ring;
+use crate::router::{ring_of, Router, Snapshot};
+use notify::{EventKind, RecursiveMode, Watcher};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// Quiet time after the last file event before reloading: one editor save
+/// (write temp, rename, chmod) is one reload.
+const DEBOUNCE: Duration = Duration::from_millis(20);
+/// Upper bound on the wait for quiet, so a busy directory still reloads.
+const DEBOUNCE_MAX: Duration = Duration::from_millis(250);
+
+/// What one reload attempt did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The file's bytes are those already applied (a file event without a
+    /// change); nothing was rebuilt.
+    Unchanged,
+    /// A new snapshot is live.
+    Applied {
+        generation: u64,
+        /// Exact fraction of the keyspace whose owner changed (0 if routing did not change).
+        moved: f64,
+    },
+    /// The file was rejected; the old snapshot keeps serving.
+    Failed(String),
+}
+
+/// Reload attempts so far and the last one's outcome, for whoever waits on them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    pub attempts: u64,
+    pub last: Outcome,
+}
+
+pub struct Reloader {
+    path: PathBuf,
+    router: Arc<Router>,
+    metrics: Arc<Metrics>,
+    /// Addresses bound at start-up: changing them needs a restart.
+    listen: SocketAddr,
+    admin: SocketAddr,
+    /// Hash of the file bytes last applied, to skip events that changed nothing.
+    applied: AtomicU64,
+    /// Serialises reloads (watcher and SIGHUP); never touched by requests.
+    busy: Mutex<()>,
+    status: watch::Sender<Status>,
+}
+
+/// Reads and validates the config, then builds the first snapshot and
+/// publishes it in the metrics.
+pub fn load_initial(path: &Path, metrics: &Metrics) -> Result<(Config, Snapshot), String> {
+    let text = read(path)?;
+    let config = config::from_toml_str(&text, &path.display().to_string()).map_err(|e| e.to_string())?;
+    let snap = Snapshot::build(&config, None, metrics).map_err(|e| format!("{}: {e}", path.display()))?;
+    publish(metrics, &snap, None);
+    Ok((config, snap))
+}
+
+fn read(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+fn text_hash(text: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(text.as_bytes())
+}
+
+impl Reloader {
+    /// `config` is the one the running proxy started with (from `load_initial`).
+    pub fn new(path: &Path, config: &Config, router: Arc<Router>, metrics: Arc<Metrics>) -> Self {
+        let applied = read(path).map(|t| text_hash(&t)).unwrap_or(0);
+        let (status, _) = watch::channel(Status {
+            attempts: 0,
+            last: Outcome::Unchanged,
+        });
+        Reloader {
+            path: path.to_path_buf(),
+            router,
+            metrics,
+            listen: config.listen.address,
+            admin: config.admin.address,
+            applied: AtomicU64::new(applied),
+            busy: Mutex::new(()),
+            status,
+        }
+    }
+
+    /// Follows reload attempts (tests and tools wait on this instead of sleeping).
+    pub fn subscribe(&self) -> watch::Receiver<Status> {
+        self.status.subscribe()
+    }
+
+    /// Runs the pipeline once. Without `force`, a file whose bytes were
+    /// already applied is left alone.
+    pub fn reload(&self, force: bool) -> Outcome {
+        let _one_at_a_time = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        let outcome = self.try_reload(force);
+        match &outcome {
+            Outcome::Failed(e) => {
+                self.metrics.reload_failures.inc();
+                tracing::error!("config reload rejected, the current config keeps serving: {e}");
+            }
+            Outcome::Unchanged => return outcome,
+            Outcome::Applied { .. } => {}
+        }
+        self.status.send_modify(|s| {
+            s.attempts += 1;
+            s.last = outcome.clone();
+        });
+        outcome
+    }
+
+    fn try_reload(&self, force: bool) -> Outcome {
+        let text = match read(&self.path) {
+            Ok(t) => t,
+            Err(e) => return Outcome::Failed(e),
+        };
+        let hash = text_hash(&text);
+        if !force && hash == self.applied.load(Ordering::Relaxed) {
+            return Outcome::Unchanged;
+        }
+        let origin = self.path.display().to_string();
+        let config = match config::from_toml_str(&text, &origin) {
+            Ok(c) => c,
+            Err(e) => return Outcome::Failed(e.to_string()),
+        };
+        let old = self.router.load_full();
+        let snap = match Snapshot::build(&config, Some(&old), &self.metrics) {
+            Ok(s) => s,
+            Err(e) => return Outcome::Failed(format!("{origin}: {e}")),
+        };
+        for (what, now, configured) in [
+            ("listen.address", self.listen, config.listen.address),
+            ("admin.address", self.admin, config.admin.address),
+        ] {
+            if now != configured {
+                tracing::warn!("{what} changed from {now} to {configured}: restart stickylb to apply it; the rest of the file is applied");
+            }
+        }
+        let routing_changed = snap.generation != old.generation;
+        let moved = if routing_changed { old.ring.moved_fraction(&snap.ring) } else { 0.0 };
+        let line = summary(&old.ring, &snap.ring);
+        let generation = snap.generation;
+        publish(&self.metrics, &snap, Some((&old, moved)));
+        self.router.store(snap);
+        self.applied.store(hash, Ordering::Relaxed);
+        if routing_changed {
+            tracing::info!("generation {generation}: {line}, {:.1}% of keyspace changed owner", moved * 100.0);
+        } else {
+            tracing::info!("generation {generation}: config reloaded, routing unchanged");
+        }
+        Outcome::Applied { generation, moved }
+    }
+
+    /// Watches the config file's directory and listens for SIGHUP until
+    /// `shutdown` resolves. Watching the directory, not the file, survives
+    /// editors that replace the file by rename and symlink swaps.
+    pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+            Ok(e) if matches!(e.kind, EventKind::Access(_)) => {}
+            // The receiver is gone only when the reloader stopped.
+            Ok(_) => drop(tx.send(())),
+            Err(e) => tracing::warn!("config watcher: {e}"),
+        });
+        let _watcher = match watcher.and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w)) {
+            Ok(w) => {
+                tracing::info!("watching {} for changes", dir.display());
+                Some(w)
+            }
+            Err(e) => {
+                tracing::error!("cannot watch {}: {e}; reload with SIGHUP", dir.display());
+                None
+            }
+        };
+        let mut hangup = hangup_signal();
+        tokio::pin!(shutdown);
+        loop {
+            let force = tokio::select! {
+                () = &mut shutdown => return,
+                event = rx.recv() => {
+                    if event.is_none() {
+                        return;
+                    }
+                    debounce(&mut rx).await;
+                    false
+                }
+                () = next_hangup(&mut hangup) => {
+                    tracing::info!("SIGHUP received: reloading {}", self.path.display());
+                    true
+                }
+            };
+            let me = self.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || me.reload(force)).await {
+                tracing::error!("config reload task failed: {e}");
+            }
+        }
+    }
+}
+
+/// Waits until no event arrived for `DEBOUNCE`, or `DEBOUNCE_MAX` passed.
+async fn debounce(rx: &mut mpsc::UnboundedReceiver<()>) {
+    let until = tokio::time::Instant::now() + DEBOUNCE_MAX;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(DEBOUNCE) => return,
+            () = tokio::time::sleep_until(until) => return,
+            event = rx.recv() => if event.is_none() { return },
+        }
+    }
+}
+
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = ();
+
+#[cfg(unix)]
+fn hangup_signal() -> Hangup {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!("cannot listen for SIGHUP: {e}");
+            None
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn hangup_signal() -> Hangup {}
+
+#[cfg(unix)]
+async fn next_hangup(h: &mut Hangup) {
+    let received = match h {
+        Some(s) => s.recv().await.is_some(),
+        None => false,
+    };
+    if !received {
+        // No signal stream (or it ended): never fires.
+        std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(not(unix))]
+async fn next_hangup(_: &mut Hangup) {
+    std::future::pending().await
+}
+
+/// Publishes a live snapshot in the metrics; `previous` is the snapshot it
+/// replaces and the exact fraction of keyspace that moved.
+fn publish(metrics: &Metrics, snap: &Snapshot, previous: Option<(&Snapshot, f64)>) {
+    if let Some((old, moved)) = previous {
+        metrics.rebuilds.inc();
+        for b in old.backends.iter() {
+            if !snap.backends.iter().any(|n| n.name == b.name) {
+                metrics.forget_backend(&b.name);
+            }
+        }
+        if old.generation != snap.generation {
+            metrics.last_remap_fraction.set(moved);
+        }
+    }
+    for (b, share) in snap.backends.iter().zip(snap.ring.shares()) {
+        b.metrics.share.set(share);
+    }
+    metrics.set_ring(snap.generation, snap.ring.algorithm().name(), snap.ring.fingerprint());
+}
+
+/// `+backend-4, -backend-2, backend-1 weight 1->2`: what changed in the pool.
+fn summary(old: &Ring, new: &Ring) -> String {
+    let mut parts = Vec::new();
+    for m in new.members() {
+        match old.members().iter().find(|o| o.name == m.name) {
+            None => parts.push(format!("+{}", m.name)),
+            Some(o) if o.weight != m.weight => {
+                parts.push(format!("{} weight {}->{}", m.name, o.weight, m.weight))
+            }
+            Some(_) => {}
+        }
+    }
+    for o in old.members() {
+        if !new.members().iter().any(|m| m.name == o.name) {
+            parts.push(format!("-{}", o.name));
+        }
+    }
+    if old.algorithm() != new.algorithm() || old.seed() != new.seed() {
+        parts.push("ring parameters changed".into());
+    }
+    if parts.is_empty() {
+        "pool unchanged".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// A pool change previewed: the exact keyspace that changes owner, overall
+/// and per backend.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Diff {
+    pub moved_fraction: f64,
+    pub backends: Vec<DiffRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DiffRow {
+    pub name: String,
+    pub before: f64,
+    pub after: f64,
+    pub gained: f64,
+    pub lost: f64,
+}
+
+/// What applying `new` in place of `old` would move.
+pub fn diff(old: &Config, new: &Config) -> Result<Diff, String> {
+    let (a, b) = (ring_of(old)?, ring_of(new)?);
+    let remap = a.remap(&b);
+    let (sa, sb) = (a.shares(), b.shares());
+    let mut rows: Vec<DiffRow> = Vec::new();
+    for (i, m) in a.members().iter().enumerate() {
+        rows.push(DiffRow {
+            name: m.name.to_string(),
+            before: sa[i],
+            after: 0.0,
+            gained: 0.0,
+            lost: remap.lost[i],
+        });
+    }
+    for (i, m) in b.members().iter().enumerate() {
+        let row = match rows.iter_mut().position(|r| *r.name == *m.name) {
+            Some(p) => &mut rows[p],
+            None => {
+                rows.push(DiffRow {
+                    name: m.name.to_string(),
+                    before: 0.0,
+                    after: 0.0,
+                    gained: 0.0,
+                    lost: 0.0,
+                });
+                rows.last_mut().expect("just pushed")
+            }
+        };
+        row.after = sb[i];
+        row.gained = remap.gained[i];
+    }
+    Ok(Diff {
+        moved_fraction: remap.moved,
+        backends: rows,
+    })
+}
+
+impl Diff {
+    /// The table a person reads before saving a pool change.
+    pub fn to_text(&self) -> String {
+        let pct = |x: f64| format!("{:.2}%", x * 100.0);
+        let width = self.backends.iter().map(|r| r.name.len()).max().unwrap_or(0).max(7);
+        let mut out = format!("keyspace moved: {}\n", pct(self.moved_fraction));
+        out.push_str(&format!(
+            "{:width$}  {:>8}  {:>8}  {:>8}  {:>8}\n",
+            "backend", "before", "after", "gained", "lost"
+        ));
+        for r in &self.backends {
+            out.push_str(&format!(
+                "{:width$}  {:>8}  {:>8}  {:>8}  {:>8}\n",
+                r.name,
+                pct(r.before),
+                pct(r.after),
+                pct(r.gained),
+                pct(r.lost)
+            ));
+        }
+        out
+    }
+}
