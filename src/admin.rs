@@ -50,7 +50,10 @@ pub async fn run(listener: TcpListener, admin: Arc<Admin>, shutdown: impl Future
                 .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10));
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
                 tracing::debug!(%peer, "admin connection: {e}");
             }
         });
@@ -60,7 +63,10 @@ pub async fn run(listener: TcpListener, admin: Arc<Admin>, shutdown: impl Future
 impl Admin {
     pub fn answer(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served here\n".into());
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "only GET is served here\n".into(),
+            );
         }
         match req.uri().path() {
             "/metrics" => {
@@ -160,16 +166,14 @@ fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         let hex = |b: u8| (b as char).to_digit(16);
         match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             b'+' => out.push(b' '),
             b => out.push(b),
         }
@@ -184,7 +188,10 @@ mod tests {
 
     #[test]
     fn decodes_query_values() {
-        assert_eq!(query_value("x=1&key=a%20b+c", "key").as_deref(), Some("a b c"));
+        assert_eq!(
+            query_value("x=1&key=a%20b+c", "key").as_deref(),
+            Some("a b c")
+        );
         assert_eq!(query_value("key=100%", "key").as_deref(), Some("100%"));
         assert_eq!(query_value("key=%4", "key").as_deref(), Some("%4"));
         assert_eq!(query_value("key=%e2%82%ac", "key").as_deref(), Some("€"));

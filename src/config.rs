@@ -249,9 +249,10 @@ pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
                     "text" => LogFormat::Text,
                     "json" => LogFormat::Json,
                     other => {
-                        return Err(at(f.span(), format!(
-                            "log.format must be \"text\" or \"json\", not {other:?}"
-                        )))
+                        return Err(at(
+                            f.span(),
+                            format!("log.format must be \"text\" or \"json\", not {other:?}"),
+                        ))
                     }
                 },
             },

@@ -107,7 +107,12 @@ fn check(path: &Path) -> Result<(), Failure> {
         config.routing.seed,
         ring.fingerprint()
     );
-    let width = config.backends.iter().map(|b| b.name.len()).max().unwrap_or(0);
+    let width = config
+        .backends
+        .iter()
+        .map(|b| b.name.len())
+        .max()
+        .unwrap_or(0);
     for (b, share) in config.backends.iter().zip(ring.shares()) {
         println!(
             "  {:width$}  {:21}  weight {:<3}  share {:6.2}%",
@@ -155,9 +160,12 @@ fn serve(path: &Path, threads: Option<usize>, with_demo: bool) -> Result<(), Fai
         let listener = TcpListener::bind(config.listen.address)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen.address))?;
-        let admin_listener = TcpListener::bind(config.admin.address)
-            .await
-            .map_err(|e| format!("cannot listen on admin address {}: {e}", config.admin.address))?;
+        let admin_listener = TcpListener::bind(config.admin.address).await.map_err(|e| {
+            format!(
+                "cannot listen on admin address {}: {e}",
+                config.admin.address
+            )
+        })?;
         let router = Arc::new(Router::new(snap));
         let proxy = Arc::new(Proxy::new(router.clone(), metrics.clone()));
         let (stop_tx, stop_rx) = watch::channel(false);

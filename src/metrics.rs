@@ -86,7 +86,10 @@ impl Metrics {
             .expect("a constant prefix is valid");
         let opts = |name: &str, help: &str| Opts::new(name, help);
         let requests = IntCounterVec::new(
-            opts("requests_total", "Proxied requests by backend and status class."),
+            opts(
+                "requests_total",
+                "Proxied requests by backend and status class.",
+            ),
             &["backend", "code_class"],
         )
         .expect("valid metric");
@@ -100,7 +103,10 @@ impl Metrics {
         )
         .expect("valid metric");
         let upstream_errors = IntCounterVec::new(
-            opts("upstream_errors_total", "Backend failures: connect, timeout, protocol."),
+            opts(
+                "upstream_errors_total",
+                "Backend failures: connect, timeout, protocol.",
+            ),
             &["backend", "kind"],
         )
         .expect("valid metric");
@@ -118,7 +124,10 @@ impl Metrics {
         )
         .expect("valid metric");
         let share = GaugeVec::new(
-            opts("ring_share", "Fraction of the keyspace the backend owns (sums to 1)."),
+            opts(
+                "ring_share",
+                "Fraction of the keyspace the backend owns (sums to 1).",
+            ),
             &["backend"],
         )
         .expect("valid metric");
@@ -135,8 +144,9 @@ impl Metrics {
             &["algorithm", "fingerprint"],
         )
         .expect("valid metric");
-        let rebuilds = IntCounter::with_opts(opts("ring_rebuilds_total", "Successful config reloads."))
-            .expect("valid metric");
+        let rebuilds =
+            IntCounter::with_opts(opts("ring_rebuilds_total", "Successful config reloads."))
+                .expect("valid metric");
         let reload_failures = IntCounter::with_opts(opts(
             "config_reload_failures_total",
             "Rejected config files (the old config kept serving).",
@@ -156,7 +166,10 @@ impl Metrics {
         )
         .expect("valid metric");
         let key_source = IntCounterVec::new(
-            opts("key_source_total", "Where each request's routing key came from."),
+            opts(
+                "key_source_total",
+                "Where each request's routing key came from.",
+            ),
             &["source"],
         )
         .expect("valid metric");

@@ -64,8 +64,10 @@ pub struct Reloader {
 /// publishes it in the metrics.
 pub fn load_initial(path: &Path, metrics: &Metrics) -> Result<(Config, Snapshot), String> {
     let text = read(path)?;
-    let config = config::from_toml_str(&text, &path.display().to_string()).map_err(|e| e.to_string())?;
-    let snap = Snapshot::build(&config, None, metrics).map_err(|e| format!("{}: {e}", path.display()))?;
+    let config =
+        config::from_toml_str(&text, &path.display().to_string()).map_err(|e| e.to_string())?;
+    let snap =
+        Snapshot::build(&config, None, metrics).map_err(|e| format!("{}: {e}", path.display()))?;
     publish(metrics, &snap, None);
     Ok((config, snap))
 }
@@ -151,14 +153,21 @@ impl Reloader {
             }
         }
         let routing_changed = snap.generation != old.generation;
-        let moved = if routing_changed { old.ring.moved_fraction(&snap.ring) } else { 0.0 };
+        let moved = if routing_changed {
+            old.ring.moved_fraction(&snap.ring)
+        } else {
+            0.0
+        };
         let line = summary(&old.ring, &snap.ring);
         let generation = snap.generation;
         publish(&self.metrics, &snap, Some((&old, moved)));
         self.router.store(snap);
         self.applied.store(hash, Ordering::Relaxed);
         if routing_changed {
-            tracing::info!("generation {generation}: {line}, {:.1}% of keyspace changed owner", moved * 100.0);
+            tracing::info!(
+                "generation {generation}: {line}, {:.1}% of keyspace changed owner",
+                moved * 100.0
+            );
         } else {
             tracing::info!("generation {generation}: config reloaded, routing unchanged");
         }
@@ -174,13 +183,16 @@ impl Reloader {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-            Ok(e) if matches!(e.kind, EventKind::Access(_)) => {}
-            // The receiver is gone only when the reloader stopped.
-            Ok(_) => drop(tx.send(())),
-            Err(e) => tracing::warn!("config watcher: {e}"),
-        });
-        let _watcher = match watcher.and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w)) {
+        let watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+                Ok(e) if matches!(e.kind, EventKind::Access(_)) => {}
+                // The receiver is gone only when the reloader stopped.
+                Ok(_) => drop(tx.send(())),
+                Err(e) => tracing::warn!("config watcher: {e}"),
+            });
+        let _watcher = match watcher
+            .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w))
+        {
             Ok(w) => {
                 tracing::info!("watching {} for changes", dir.display());
                 Some(w)
@@ -280,7 +292,11 @@ fn publish(metrics: &Metrics, snap: &Snapshot, previous: Option<(&Snapshot, f64)
     for (b, share) in snap.backends.iter().zip(snap.ring.shares()) {
         b.metrics.share.set(share);
     }
-    metrics.set_ring(snap.generation, snap.ring.algorithm().name(), snap.ring.fingerprint());
+    metrics.set_ring(
+        snap.generation,
+        snap.ring.algorithm().name(),
+        snap.ring.fingerprint(),
+    );
 }
 
 /// `+backend-4, -backend-2, backend-1 weight 1->2`: what changed in the pool.
@@ -369,7 +385,13 @@ impl Diff {
     /// The table a person reads before saving a pool change.
     pub fn to_text(&self) -> String {
         let pct = |x: f64| format!("{:.2}%", x * 100.0);
-        let width = self.backends.iter().map(|r| r.name.len()).max().unwrap_or(0).max(7);
+        let width = self
+            .backends
+            .iter()
+            .map(|r| r.name.len())
+            .max()
+            .unwrap_or(0)
+            .max(7);
         let mut out = format!("keyspace moved: {}\n", pct(self.moved_fraction));
         out.push_str(&format!(
             "{:width$}  {:>8}  {:>8}  {:>8}  {:>8}\n",

@@ -107,9 +107,9 @@ impl Snapshot {
     /// owner in the previous generation. One extra lookup, no allocation.
     #[inline]
     pub fn owner_changed(&self, hash: u64, owner: usize) -> bool {
-        self.previous.as_ref().is_some_and(|p| {
-            p.to_current[p.ring.owner(hash)] != Some(owner as u32)
-        })
+        self.previous
+            .as_ref()
+            .is_some_and(|p| p.to_current[p.ring.owner(hash)] != Some(owner as u32))
     }
 
     /// The previous generation's ring, if there was one.

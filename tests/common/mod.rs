@@ -238,7 +238,11 @@ pub async fn start_proxy(router: Arc<Router>, metrics: Arc<Metrics>) -> TestProx
                 .await
                 .expect("server runs");
         }),
-        tokio::spawn(stickylb::admin::run(admin_listener, admin_state, std::future::pending())),
+        tokio::spawn(stickylb::admin::run(
+            admin_listener,
+            admin_state,
+            std::future::pending(),
+        )),
     ];
     TestProxy {
         addr,
@@ -252,8 +256,13 @@ pub async fn start_proxy(router: Arc<Router>, metrics: Arc<Metrics>) -> TestProx
 /// The value of a metric line `name{labels} value` in a `/metrics` text;
 /// `series` is everything before the value.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// A real HTTP/1.1 client with keep-alive.
