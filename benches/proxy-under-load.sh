@@ -2,7 +2,8 @@
 # Starts stickylb for the side-by-side load benchmark (shared/bench/run.sh):
 # writes a config for $LISTEN and $BACKENDS into $BENCH_TMP and runs the
 # release binary in the foreground with one worker thread, like the other
-# proxies there. Build first: cargo build --release
+# proxies there. Build first: cargo build --release (STICKYLB_BIN overrides
+# the binary, to compare two builds).
 #
 #   ../shared/bench/run.sh --proxies nginx,haproxy,direct,custom \
 #     --custom-cmd "exec $PWD/benches/proxy-under-load.sh"
@@ -19,4 +20,4 @@ config="${BENCH_TMP:?}/stickylb.toml"
     i=$((i + 1))
   done
 } > "$config"
-RUST_LOG="${RUST_LOG:-warn}" exec "$here/target/release/stickylb" --threads "${STICKYLB_THREADS:-1}" --config "$config" run
+RUST_LOG="${RUST_LOG:-warn}" exec "${STICKYLB_BIN:-$here/target/release/stickylb}" --threads "${STICKYLB_THREADS:-1}" --config "$config" run
