@@ -1,20 +1,16 @@
-//! A backend's identity (name, address, weight) and its live state: its
-//! metric children (the in-flight count among them) and its own pool of
-//! keep-alive upstream connections. A backend removed from the pool keeps
-//! serving its in-flight requests; its pool closes when the last one ends.
+//! A backend's identity (name, address, weight) and its live state: health
+//! (atomics, kept across reloads), its metric children (the in-flight count
+//! among them) and its own pool of keep-alive upstream connections. A
+//! backend removed from the pool keeps serving its in-flight requests; its
+//! pool closes when the last one ends.
 
 use crate::metrics::BackendMetrics;
+use crate::upstream::Pool;
 use http::uri::Authority;
-use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Pooled keep-alive HTTP/1.1 client to one backend.
-pub type UpstreamClient = Client<HttpConnector, Incoming>;
 
 /// Settings of a backend's upstream connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,8 +30,70 @@ pub struct Backend {
     pub weight: NonZeroU32,
     pub metrics: BackendMetrics,
     pub upstream: UpstreamOptions,
-    /// This backend's connection pool; dropped with the backend.
-    pub client: UpstreamClient,
+    /// Shared with the previous snapshot's backend of the same name and
+    /// address, so a reload keeps what the checks learned.
+    pub health: Arc<Health>,
+    /// This backend's connections; dropped with the backend.
+    pub pool: Arc<Pool>,
+}
+
+/// Health as seen by active checks and passive failures. Atomics: probes,
+/// requests on every worker and the admin listener read and write it.
+#[derive(Debug)]
+pub struct Health {
+    healthy: AtomicBool,
+    /// Consecutive failures (while healthy) or successes (while not).
+    streak: AtomicU32,
+}
+
+/// A health transition to report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Down,
+    Up,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            healthy: AtomicBool::new(true),
+            streak: AtomicU32::new(0),
+        }
+    }
+}
+
+impl Health {
+    #[inline]
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Records a failed check or request; `fall` in a row take a healthy
+    /// backend out.
+    pub fn failure(&self, fall: u32) -> Option<Transition> {
+        if !self.is_healthy() {
+            self.streak.store(0, Ordering::Relaxed);
+            return None;
+        }
+        let n = self.streak.fetch_add(1, Ordering::Relaxed) + 1;
+        (n >= fall && self.healthy.swap(false, Ordering::Relaxed)).then(|| {
+            self.streak.store(0, Ordering::Relaxed);
+            Transition::Down
+        })
+    }
+
+    /// Records a successful check; `rise` in a row bring a backend back.
+    pub fn success(&self, rise: u32) -> Option<Transition> {
+        if self.is_healthy() {
+            self.streak.store(0, Ordering::Relaxed);
+            return None;
+        }
+        let n = self.streak.fetch_add(1, Ordering::Relaxed) + 1;
+        (n >= rise && !self.healthy.swap(true, Ordering::Relaxed)).then(|| {
+            self.streak.store(0, Ordering::Relaxed);
+            Transition::Up
+        })
+    }
 }
 
 impl std::fmt::Debug for Backend {
@@ -44,6 +102,7 @@ impl std::fmt::Debug for Backend {
             .field("name", &self.name)
             .field("address", &self.address)
             .field("weight", &self.weight)
+            .field("healthy", &self.health.is_healthy())
             .finish_non_exhaustive()
     }
 }
@@ -55,19 +114,12 @@ impl Backend {
         weight: NonZeroU32,
         metrics: BackendMetrics,
         upstream: UpstreamOptions,
+        health: Arc<Health>,
     ) -> Result<Self, String> {
         let authority = address
             .parse::<Authority>()
             .map_err(|e| format!("backend {name:?}: address {address:?}: {e}"))?;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(upstream.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(upstream.pool_idle)
-            .build(connector);
+        metrics.healthy.set(i64::from(health.is_healthy()));
         Ok(Backend {
             name: name.into(),
             address: address.into(),
@@ -75,34 +127,64 @@ impl Backend {
             weight,
             metrics,
             upstream,
-            client,
+            health,
+            pool: Pool::new(address, upstream.connect_timeout, upstream.pool_idle),
         })
     }
 
-    pub fn in_flight(&self) -> u64 {
-        self.metrics.in_flight.get().max(0) as u64
+    pub fn in_flight(&self) -> i64 {
+        self.metrics.in_flight.get()
     }
 
-    /// Counts a request as in flight until the returned guard drops.
-    pub fn start(self: &Arc<Self>) -> InFlight {
+    /// Counts a request as in flight (here and in `total`) until the
+    /// returned guard drops.
+    pub fn start(self: &Arc<Self>, total: &Arc<AtomicI64>) -> InFlight {
         self.metrics.in_flight.inc();
-        InFlight(self.clone())
+        total.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            backend: self.clone(),
+            total: total.clone(),
+        }
     }
+
+    /// Applies a health transition to the gauge and the log.
+    pub fn report(&self, t: Option<Transition>, why: &str) -> Option<Transition> {
+        report(&self.name, &self.metrics.healthy, t, why)
+    }
+}
+
+/// Applies a health transition of backend `name` to its gauge and the log.
+pub fn report(
+    name: &str,
+    gauge: &prometheus::IntGauge,
+    t: Option<Transition>,
+    why: &str,
+) -> Option<Transition> {
+    match t {
+        Some(Transition::Down) => {
+            gauge.set(0);
+            tracing::warn!(backend = name, "backend {name} is DOWN: {why}");
+        }
+        Some(Transition::Up) => {
+            gauge.set(1);
+            tracing::info!(backend = name, "backend {name} is UP again: {why}");
+        }
+        None => {}
+    }
+    t
 }
 
 /// Keeps its backend's in-flight count raised, and the backend (with its
 /// connection pool) alive, while the request runs.
 #[derive(Debug)]
-pub struct InFlight(Arc<Backend>);
-
-impl InFlight {
-    pub fn backend(&self) -> &Arc<Backend> {
-        &self.0
-    }
+pub struct InFlight {
+    backend: Arc<Backend>,
+    total: Arc<AtomicI64>,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.metrics.in_flight.dec();
+        self.backend.metrics.in_flight.dec();
+        self.total.fetch_sub(1, Ordering::Relaxed);
     }
 }

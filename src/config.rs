@@ -16,9 +16,33 @@ pub struct Config {
     pub admin: Admin,
     pub routing: Routing,
     pub timeouts: Timeouts,
+    /// Active health checks; none without a `[health]` section.
+    pub health: Option<HealthConfig>,
+    pub limits: Limits,
     pub log: Log,
     pub backends: Vec<BackendConfig>,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failures that take a backend out.
+    pub fall: u32,
+    /// Consecutive successes that bring it back.
+    pub rise: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_request_header_bytes: usize,
+}
+
+/// The smallest header limit the HTTP/1 parser can work with.
+pub const MIN_HEADER_BYTES: usize = 8192;
+const MAX_HEADER_BYTES: usize = 16 * 1024 * 1024;
 
 /// `[log]`: the optional access log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -52,6 +76,8 @@ pub struct Routing {
     pub missing_key: MissingKey,
     pub algorithm: AlgorithmConfig,
     pub seed: u64,
+    /// Bounded loads: no backend takes more than this × the mean in-flight load.
+    pub balance_factor: Option<f64>,
 }
 
 /// Where a request's client id may come from.
@@ -130,8 +156,8 @@ struct RawFile {
     admin: Option<RawAdmin>,
     routing: Option<RawRouting>,
     timeouts: Option<RawTimeouts>,
-    health: Option<Spanned<toml::Value>>,
-    limits: Option<Spanned<toml::Value>>,
+    health: Option<RawHealth>,
+    limits: Option<RawLimits>,
     log: Option<RawLog>,
     #[serde(default)]
     backend: Vec<Spanned<RawBackend>>,
@@ -160,7 +186,7 @@ struct RawRouting {
     vnodes: Option<Spanned<i64>>,
     seed: Option<Spanned<i64>>,
     table_size: Option<Spanned<toml::Value>>,
-    balance_factor: Option<Spanned<toml::Value>>,
+    balance_factor: Option<Spanned<f64>>,
     sticky_cookie: Option<Spanned<toml::Value>>,
 }
 
@@ -172,6 +198,23 @@ struct RawTimeouts {
     client_header_read: Option<Spanned<String>>,
     idle: Option<Spanned<String>>,
     shutdown_grace: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    path: Option<Spanned<String>>,
+    interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    fall: Option<Spanned<i64>>,
+    rise: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: Option<Spanned<i64>>,
+    max_request_header_bytes: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -199,12 +242,6 @@ pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let start = e.span().map_or(0, |s| s.start);
         at(start..start, e.message().trim_end().to_string())
     })?;
-
-    for (section, value) in [("[health]", &raw.health), ("[limits]", &raw.limits)] {
-        if let Some(v) = value {
-            return Err(at(v.span(), format!("{section} is not supported yet")));
-        }
-    }
 
     let listen = match raw.listen {
         Some(l) => {
@@ -239,6 +276,8 @@ pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
     let routing = routing(&at, raw.routing)?;
     let timeouts = timeouts(&at, raw.timeouts)?;
     let backends = backends(&at, text, raw.backend)?;
+    let health = raw.health.map(|h| health(&at, h)).transpose()?;
+    let limits = limits(&at, raw.limits)?;
     let log = match raw.log {
         None => Log::default(),
         Some(l) => Log {
@@ -272,8 +311,100 @@ pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
         admin,
         routing,
         timeouts,
+        health,
+        limits,
         log,
         backends,
+    })
+}
+
+fn health(at: &At<'_>, raw: RawHealth) -> Result<HealthConfig, ConfigError> {
+    let path = match raw.path {
+        None => "/healthz".to_string(),
+        Some(p) if p.get_ref().starts_with('/') && !p.get_ref().contains(char::is_whitespace) => {
+            p.into_inner()
+        }
+        Some(p) => {
+            return Err(at(
+                p.span(),
+                format!(
+                    "health.path must be an absolute path like \"/healthz\", not {:?}",
+                    p.get_ref()
+                ),
+            ))
+        }
+    };
+    let count = |v: Option<Spanned<i64>>, name: &str, default: u32| match v {
+        None => Ok(default),
+        Some(n) => u32::try_from(*n.get_ref())
+            .ok()
+            .filter(|&n| (1..=1000).contains(&n))
+            .ok_or_else(|| {
+                at(
+                    n.span(),
+                    format!("health.{name} must be from 1 to 1000, not {}", n.get_ref()),
+                )
+            }),
+    };
+    Ok(HealthConfig {
+        path,
+        interval: duration(
+            at,
+            &raw.interval,
+            "health.interval",
+            Duration::from_secs(2),
+            false,
+        )?,
+        timeout: duration(
+            at,
+            &raw.timeout,
+            "health.timeout",
+            Duration::from_millis(500),
+            false,
+        )?,
+        fall: count(raw.fall, "fall", 3)?,
+        rise: count(raw.rise, "rise", 2)?,
+    })
+}
+
+fn limits(at: &At<'_>, raw: Option<RawLimits>) -> Result<Limits, ConfigError> {
+    let raw = raw.unwrap_or(RawLimits {
+        max_connections: None,
+        max_request_header_bytes: None,
+    });
+    let num = |v: Option<Spanned<i64>>,
+               name: &str,
+               default: usize,
+               range: std::ops::RangeInclusive<usize>| match v {
+        None => Ok(default),
+        Some(n) => usize::try_from(*n.get_ref())
+            .ok()
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| {
+                at(
+                    n.span(),
+                    format!(
+                        "limits.{name} must be from {} to {}, not {}",
+                        range.start(),
+                        range.end(),
+                        n.get_ref()
+                    ),
+                )
+            }),
+    };
+    Ok(Limits {
+        max_connections: num(
+            raw.max_connections,
+            "max_connections",
+            20_000,
+            1..=10_000_000,
+        )?,
+        max_request_header_bytes: num(
+            raw.max_request_header_bytes,
+            "max_request_header_bytes",
+            16_384,
+            MIN_HEADER_BYTES..=MAX_HEADER_BYTES,
+        )?,
     })
 }
 
@@ -288,11 +419,11 @@ fn routing(at: &At<'_>, raw: Option<RawRouting>) -> Result<Routing, ConfigError>
                 vnodes: DEFAULT_VNODES,
             },
             seed: 0,
+            balance_factor: None,
         });
     };
     for (name, value) in [
         ("routing.table_size", &raw.table_size),
-        ("routing.balance_factor", &raw.balance_factor),
         ("routing.sticky_cookie", &raw.sticky_cookie),
     ] {
         if let Some(v) = value {
@@ -362,11 +493,24 @@ fn routing(at: &At<'_>, raw: Option<RawRouting>) -> Result<Routing, ConfigError>
             )
         })?,
     };
+    let balance_factor = match raw.balance_factor {
+        None => None,
+        Some(f) if f.get_ref().is_finite() && *f.get_ref() >= 1.0 && *f.get_ref() <= 100.0 => {
+            Some(*f.get_ref())
+        }
+        Some(f) => {
+            return Err(at(f.span(), format!(
+                "routing.balance_factor must be a number from 1.0 to 100.0 (1.25 = no backend above 125% of the mean load), not {}",
+                f.get_ref()
+            )))
+        }
+    };
     Ok(Routing {
         key,
         missing_key,
         algorithm: AlgorithmConfig::Ring { vnodes },
         seed,
+        balance_factor,
     })
 }
 
@@ -415,44 +559,43 @@ fn timeouts(at: &At<'_>, raw: Option<RawTimeouts>) -> Result<Timeouts, ConfigErr
         idle: None,
         shutdown_grace: None,
     });
-    let d = |v: &Option<Spanned<String>>, name: &str, default: Duration, zero_ok: bool| {
-        match v {
-        None => Ok(default),
-        Some(s) => match humantime::parse_duration(s.get_ref()) {
-            Ok(d) if d.is_zero() && !zero_ok => Err(at(
-                s.span(),
-                format!("timeouts.{name} must be greater than zero"),
-            )),
-            Ok(d) => Ok(d),
-            Err(e) => Err(at(s.span(), format!(
-                "timeouts.{name}: {:?} is not a duration ({e}); write e.g. \"500ms\", \"2s\", \"1m\"",
-                s.get_ref()
-            ))),
-        },
-    }
+    let d = |v: &Option<Spanned<String>>, name: &str, default: u64, zero_ok: bool| {
+        let name = format!("timeouts.{name}");
+        duration(at, v, &name, Duration::from_secs(default), zero_ok)
     };
     Ok(Timeouts {
-        connect: d(&raw.connect, "connect", Duration::from_secs(1), false)?,
-        response_headers: d(
-            &raw.response_headers,
-            "response_headers",
-            Duration::from_secs(30),
-            false,
-        )?,
-        client_header_read: d(
-            &raw.client_header_read,
-            "client_header_read",
-            Duration::from_secs(10),
-            false,
-        )?,
-        idle: d(&raw.idle, "idle", Duration::from_secs(60), false)?,
-        shutdown_grace: d(
-            &raw.shutdown_grace,
-            "shutdown_grace",
-            Duration::from_secs(30),
-            true,
-        )?,
+        connect: d(&raw.connect, "connect", 1, false)?,
+        response_headers: d(&raw.response_headers, "response_headers", 30, false)?,
+        client_header_read: d(&raw.client_header_read, "client_header_read", 10, false)?,
+        idle: d(&raw.idle, "idle", 60, false)?,
+        shutdown_grace: d(&raw.shutdown_grace, "shutdown_grace", 30, true)?,
     })
+}
+
+/// A duration like "500ms", "2s" or "1m"; zero only where `zero_ok`.
+fn duration(
+    at: &At<'_>,
+    v: &Option<Spanned<String>>,
+    name: &str,
+    default: Duration,
+    zero_ok: bool,
+) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) => match humantime::parse_duration(s.get_ref()) {
+            Ok(d) if d.is_zero() && !zero_ok => {
+                Err(at(s.span(), format!("{name} must be greater than zero")))
+            }
+            Ok(d) => Ok(d),
+            Err(e) => Err(at(
+                s.span(),
+                format!(
+                    "{name}: {:?} is not a duration ({e}); write e.g. \"500ms\", \"2s\", \"1m\"",
+                    s.get_ref()
+                ),
+            )),
+        },
+    }
 }
 
 fn backends(
@@ -629,8 +772,16 @@ mod tests {
         let e = err("[[backend]]\nname = \"a\"\naddress = \"nowhere\"\n");
         assert_eq!(e.line, 3, "{e}");
         assert!(err("").message.contains("pool is empty"));
-        let e = err(&format!("[health]\npath = \"/\"\n{ONE}"));
+        let e = err(&format!(
+            "[routing]\nsticky_cookie = {{ name = \"x\" }}\n{ONE}"
+        ));
         assert!(e.message.contains("not supported yet"), "{e}");
+        let e = err(&format!("[health]\nfall = 0\n{ONE}"));
+        assert_eq!((e.line, e.column), (2, 8), "{e}");
+        let e = err(&format!("[limits]\nmax_request_header_bytes = 100\n{ONE}"));
+        assert_eq!(e.line, 2, "{e}");
+        let e = err(&format!("[routing]\nbalance_factor = 0.5\n{ONE}"));
+        assert_eq!(e.line, 2, "{e}");
         assert_eq!(
             e.to_string(),
             format!("t.toml:{}:{}: {}", e.line, e.column, e.message)

@@ -9,6 +9,7 @@
 //! - `metrics`: the typed Prometheus metrics over an owned registry.
 //! - `router`: `Snapshot { ring, backends, key spec, timeouts }` behind one `ArcSwap`.
 //! - `reload`: notify + SIGHUP -> parse -> build -> swap -> metrics; `diff`.
+//! - `health`: active probes with rise/fall; writes backend health only.
 //! - `error`: every failure the proxy answers itself -> status and body.
 //! - `proxy`: the request path: key -> pick -> rewrite -> forward -> finish.
 //! - `server`: accept loop, HTTP/1.1 + h2c, timeouts, graceful drain.
@@ -30,6 +31,7 @@ pub mod backend;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod health;
 pub mod key;
 pub mod metrics;
 pub mod proxy;
@@ -37,3 +39,4 @@ pub mod reload;
 pub mod ring;
 pub mod router;
 pub mod server;
+pub mod upstream;

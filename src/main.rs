@@ -11,7 +11,7 @@ use stickylb::metrics::Metrics;
 use stickylb::proxy::Proxy;
 use stickylb::reload::{self, Reloader};
 use stickylb::router::{ring_of, Router};
-use stickylb::{demo, server};
+use stickylb::{demo, health, server};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -148,6 +148,7 @@ fn diff(old: &Path, new: &Path, json: bool) -> Result<(), Failure> {
 fn serve(path: &Path, threads: Option<usize>, with_demo: bool) -> Result<(), Failure> {
     let metrics = Arc::new(Metrics::new());
     let (config, snap) = reload::load_initial(path, &metrics)?;
+    raise_open_files_limit();
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = threads {
         rt.worker_threads(n.max(1));
@@ -174,6 +175,7 @@ fn serve(path: &Path, threads: Option<usize>, with_demo: bool) -> Result<(), Fai
             metrics: metrics.clone(),
         });
         let admin_task = tokio::spawn(admin::run(admin_listener, admin, stopped(stop_rx.clone())));
+        let health_task = tokio::spawn(health::run(router.clone(), stopped(stop_rx.clone())));
         let reloader = Arc::new(Reloader::new(path, &config, router, metrics));
         let reload_task = tokio::spawn(reloader.run(stopped(stop_rx.clone())));
         tracing::info!(
@@ -187,7 +189,7 @@ fn serve(path: &Path, threads: Option<usize>, with_demo: bool) -> Result<(), Fai
             stop_tx.send_replace(true);
         };
         server::run(listener, proxy, shutdown).await?;
-        for task in [admin_task, reload_task] {
+        for task in [admin_task, reload_task, health_task] {
             if let Err(e) = task.await {
                 tracing::warn!("background task ended abnormally: {e}");
             }
@@ -195,6 +197,14 @@ fn serve(path: &Path, threads: Option<usize>, with_demo: bool) -> Result<(), Fai
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Every connection is a file descriptor: raise the soft limit to the hard one.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::info!("open files limit: {n}"),
+        Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),
+    }
 }
 
 /// Resolves once `rx` turns true (or its sender is gone).

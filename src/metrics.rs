@@ -29,7 +29,7 @@ pub const KEY_SOURCES: [&str; 7] = [
     "rejected",
 ];
 /// `reason` label values of `remapped_requests_total`.
-pub const REMAP_REASONS: [&str; 1] = ["ring_change"];
+pub const REMAP_REASONS: [&str; 3] = ["ring_change", "failover", "overload"];
 
 pub struct Metrics {
     registry: Registry,
@@ -113,7 +113,7 @@ impl Metrics {
         let healthy = IntGaugeVec::new(
             opts(
                 "backend_healthy",
-                "1 if the backend is healthy, 0 if not (no health checks yet: always 1).",
+                "1 if the backend is healthy, 0 if taken out by health checks.",
             ),
             &["backend"],
         )
@@ -160,7 +160,7 @@ impl Metrics {
         let remapped = IntCounterVec::new(
             opts(
                 "remapped_requests_total",
-                "Requests served by another backend than before: ring_change = the key's owner differs from the previous generation's.",
+                "Requests served by another backend than before: ring_change = the key's owner differs from the previous generation's; failover = the owner is unhealthy or failed to connect; overload = passed on by bounded loads.",
             ),
             &["reason"],
         )

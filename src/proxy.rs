@@ -2,26 +2,29 @@
 //! key -> pick -> rewrite -> forward -> finish. Bodies stream through in both
 //! directions; nothing here knows about TOML or files.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, InFlight};
 use crate::config::{Log, LogFormat};
 use crate::error::ProxyError;
 use crate::key::{KeyKind, Rejected};
 use crate::metrics::Metrics;
-use crate::router::Router;
+use crate::router::{Reason, Router};
+use crate::upstream::{ConnectError, SendError, UpstreamBody};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use hyper::body::{Body, Frame, SizeHint};
 use prometheus::IntCounter;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What the proxy answers with: the backend's streamed body, or a short
 /// body of its own.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<Streamed, Full<Bytes>>;
 
 /// Facts about the client connection a request arrived on.
 #[derive(Debug, Clone, Copy)]
@@ -34,18 +37,53 @@ pub struct ConnInfo {
 pub struct Proxy {
     router: Arc<Router>,
     metrics: Arc<Metrics>,
+    /// Requests in flight over all backends (bounded loads); an atomic
+    /// shared by every request's in-flight guard.
+    total_in_flight: Arc<AtomicI64>,
     /// `key_source_total` children, indexed by `KeyKind as usize`.
     key_sources: [IntCounter; KeyKind::ALL.len()],
     key_rejected: IntCounter,
     ring_change: IntCounter,
+    failover: IntCounter,
+    overload: IntCounter,
 }
 
-/// What the pick phase decided, carried to the finish phase.
+/// What the pick phase decided, carried to the later phases.
 struct Picked {
     backend: Arc<Backend>,
+    hash: u64,
     source: KeyKind,
     response_timeout: Duration,
+    /// `health.fall` when health checks run: connect failures count too.
+    fall: Option<u32>,
     log: Log,
+}
+
+/// A backend's response body streamed to the client; the backend counts
+/// the request as in flight until the body ends or is dropped.
+pub struct Streamed {
+    body: UpstreamBody,
+    _in_flight: InFlight,
+}
+
+impl Body for Streamed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1,
@@ -69,14 +107,15 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 impl Proxy {
     pub fn new(router: Arc<Router>, metrics: Arc<Metrics>) -> Self {
         let key_sources = KeyKind::ALL.map(|k| metrics.key_source(k.as_str()));
-        let key_rejected = metrics.key_source("rejected");
-        let ring_change = metrics.remapped("ring_change");
         Proxy {
+            key_rejected: metrics.key_source("rejected"),
+            ring_change: metrics.remapped("ring_change"),
+            failover: metrics.remapped("failover"),
+            overload: metrics.remapped("overload"),
+            key_sources,
             router,
             metrics,
-            key_sources,
-            key_rejected,
-            ring_change,
+            total_in_flight: Arc::new(AtomicI64::new(0)),
         }
     }
 
@@ -98,30 +137,43 @@ impl Proxy {
                 return error_response(e);
             }
         };
-        let in_flight = picked.backend.start();
         // Cheap copies (no allocation) for the log lines after the request is sent.
         let method = req.method().clone();
         let path = req.uri().path_and_query().cloned();
         let req = rewrite(req, &picked.backend, conn);
-        let result = forward(&picked.backend, req, picked.response_timeout).await;
+        let result = self.forward(req, &picked).await;
         let path = path.as_ref().map_or("/", |p| p.path());
-        let resp = match result {
-            Ok(resp) => strip_response(resp),
-            Err(e) => {
-                if let Some(kind) = e.upstream_kind() {
-                    picked.backend.metrics.upstream_error(kind);
-                }
-                log_error(e, Some(&picked.backend), &method, path);
-                error_response(e)
+        let (resp, backend) = match result {
+            Ok((resp, backend, in_flight)) => {
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                let body = Streamed {
+                    body,
+                    _in_flight: in_flight,
+                };
+                (Response::from_parts(parts, Either::Left(body)), backend)
+            }
+            Err((e, backend)) => {
+                log_error(e, Some(&backend), &method, path);
+                (error_response(e), backend)
             }
         };
         let status = resp.status().as_u16();
-        let m = &picked.backend.metrics;
-        m.request(status);
-        m.duration.observe(start.elapsed().as_secs_f64());
-        drop(in_flight);
+        backend.metrics.request(status);
+        backend
+            .metrics
+            .duration
+            .observe(start.elapsed().as_secs_f64());
         if picked.log.access {
-            access_log(&picked, conn, &method, path, status, start.elapsed());
+            access_log(
+                &picked,
+                &backend,
+                conn,
+                &method,
+                path,
+                status,
+                start.elapsed(),
+            );
         }
         resp
     }
@@ -139,19 +191,121 @@ impl Proxy {
         };
         self.key_sources[source as usize].inc();
         let hash = snap.ring.hash(key.as_bytes());
-        let owner = snap.ring.owner(hash);
-        if snap.owner_changed(hash, owner) {
+        let total = self.total_in_flight.load(Ordering::Relaxed);
+        let choice = snap
+            .choose(hash, total, None)
+            .ok_or(ProxyError::NoBackend)?;
+        if snap.owner_changed(hash, choice.owner) {
             self.ring_change.inc();
         }
-        let backend = snap.backends.get(owner).ok_or(ProxyError::NoBackend)?;
+        self.count(choice.reason);
         Ok(Picked {
-            backend: backend.clone(),
+            backend: snap.backends[choice.index].clone(),
+            hash,
             source,
             response_timeout: snap.timeouts.response_headers,
+            fall: snap.health.as_ref().map(|h| h.fall),
             log: snap.log,
         })
     }
+
+    fn count(&self, reason: Option<Reason>) {
+        match reason {
+            Some(Reason::Failover) => self.failover.inc(),
+            Some(Reason::Overload) => self.overload.inc(),
+            None => {}
+        }
+    }
+
+    /// Phase forward: a connection first, then the request, then the
+    /// response headers within the timeout. A connect failure (nothing was
+    /// sent) is retried once on the next backend in the key's preference
+    /// order; a pooled connection that closed before taking the request is
+    /// replaced by a fresh one. Nothing is retried once bytes went out.
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        picked: &Picked,
+    ) -> Result<(Response<UpstreamBody>, Arc<Backend>, InFlight), (ProxyError, Arc<Backend>)> {
+        let mut backend = picked.backend.clone();
+        let mut moved_on = false;
+        let mut fresh = false;
+        loop {
+            let in_flight = backend.start(&self.total_in_flight);
+            let conn = if fresh {
+                backend.pool.connect().await
+            } else {
+                backend.pool.acquire().await
+            };
+            let conn = match conn {
+                Ok(c) => c,
+                Err(e) => {
+                    drop(in_flight);
+                    self.connect_failed(&backend, picked.fall, &e);
+                    let next = if moved_on {
+                        None
+                    } else {
+                        self.next_backend(picked.hash, &backend)
+                    };
+                    match next {
+                        Some(next) => {
+                            moved_on = true;
+                            self.failover.inc();
+                            retarget(&mut req, &next);
+                            backend = next;
+                            continue;
+                        }
+                        None => return Err((ProxyError::Connect, backend)),
+                    }
+                }
+            };
+            match tokio::time::timeout(picked.response_timeout, conn.send(req, &backend.pool)).await
+            {
+                Ok(Ok(resp)) => return Ok((resp, backend, in_flight)),
+                Ok(Err(SendError::NotSent(unsent))) if !fresh => {
+                    req = *unsent;
+                    fresh = true;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(backend = &*backend.name, "upstream request failed: {e:?}");
+                    backend.metrics.upstream_error(UPSTREAM_PROTOCOL);
+                    return Err((ProxyError::Protocol, backend));
+                }
+                Err(_) => {
+                    backend.metrics.upstream_error(UPSTREAM_TIMEOUT);
+                    return Err((ProxyError::Timeout, backend));
+                }
+            }
+        }
+    }
+
+    /// Counts a connect failure, and with health checks on, a passive
+    /// health failure.
+    fn connect_failed(&self, backend: &Backend, fall: Option<u32>, e: &ConnectError) {
+        backend.metrics.upstream_error(UPSTREAM_CONNECT);
+        tracing::debug!(backend = &*backend.name, "{e}");
+        if let Some(fall) = fall {
+            let why = format!("{} requests in a row could not connect ({e})", fall);
+            if backend.report(backend.health.failure(fall), &why).is_some() {
+                self.router.health_changed();
+            }
+        }
+    }
+
+    /// The next healthy backend after `failed` in the key's preference order.
+    fn next_backend(&self, hash: u64, failed: &Arc<Backend>) -> Option<Arc<Backend>> {
+        let snap = self.router.load();
+        let skip = snap.backends.iter().position(|b| Arc::ptr_eq(b, failed));
+        let total = self.total_in_flight.load(Ordering::Relaxed);
+        let choice = snap.choose(hash, total, skip)?;
+        Some(snap.backends[choice.index].clone())
+    }
 }
+
+/// `upstream_errors_total` kinds, as indices into `UPSTREAM_ERROR_KINDS`.
+const UPSTREAM_CONNECT: usize = 0;
+const UPSTREAM_TIMEOUT: usize = 1;
+const UPSTREAM_PROTOCOL: usize = 2;
 
 /// Phase rewrite: target the backend, drop hop-by-hop headers, add the
 /// forwarding headers, speak HTTP/1.1 upstream.
@@ -175,16 +329,22 @@ fn rewrite(req: Request<Incoming>, backend: &Backend, conn: ConnInfo) -> Request
     append_forwarded_for(headers, conn.peer);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(conn.scheme));
 
-    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    parts.version = Version::HTTP_11;
+    let mut req = Request::from_parts(parts, body);
+    retarget(&mut req, backend);
+    req
+}
+
+/// Points the request at `backend`, keeping its path and query.
+fn retarget(req: &mut Request<Incoming>, backend: &Backend) {
+    let mut uri = std::mem::take(req.uri_mut()).into_parts();
     uri.scheme = Some(Scheme::HTTP);
     uri.authority = Some(backend.authority.clone());
     if uri.path_and_query.is_none() {
         uri.path_and_query = Some(PathAndQuery::from_static("/"));
     }
     // The parts are complete (scheme, authority, path), so this cannot fail.
-    parts.uri = Uri::from_parts(uri).unwrap_or_default();
-    parts.version = Version::HTTP_11;
-    Request::from_parts(parts, body)
+    *req.uri_mut() = Uri::from_parts(uri).unwrap_or_default();
 }
 
 /// Removes the hop-by-hop headers, including any the `Connection` header names.
@@ -218,32 +378,10 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
     }
 }
 
-/// Phase forward: send upstream on the backend's pool and wait for the
-/// response headers.
-async fn forward(
-    backend: &Backend,
-    req: Request<Incoming>,
-    timeout: Duration,
-) -> Result<Response<Incoming>, ProxyError> {
-    match tokio::time::timeout(timeout, backend.client.request(req)).await {
-        Err(_) => Err(ProxyError::Timeout),
-        Ok(Err(e)) if e.is_connect() => Err(ProxyError::Connect),
-        Ok(Err(_)) => Err(ProxyError::Protocol),
-        Ok(Ok(resp)) => Ok(resp),
-    }
-}
-
-/// Phase finish for a backend's answer: drop its hop-by-hop headers; its
-/// body streams on to the client.
-fn strip_response(resp: Response<Incoming>) -> Response<ProxyBody> {
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, Either::Left(body))
-}
-
 /// One access-log line on stdout, when `[log] access = true`.
 fn access_log(
     picked: &Picked,
+    backend: &Backend,
     conn: ConnInfo,
     method: &http::Method,
     path: &str,
@@ -252,7 +390,7 @@ fn access_log(
 ) {
     use std::io::Write;
     let client = conn.peer.ip().to_canonical();
-    let backend = &*picked.backend.name;
+    let backend = &*backend.name;
     let source = picked.source.as_str();
     let ms = took.as_secs_f64() * 1000.0;
     let line = match picked.log.format {

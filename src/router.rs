@@ -3,12 +3,13 @@
 //! request sees either the old pool or the new one, never half of each.
 
 use crate::backend::{Backend, UpstreamOptions};
-use crate::config::{AlgorithmConfig, Config, Log, Timeouts};
+use crate::config::{AlgorithmConfig, Config, HealthConfig, Limits, Log, Timeouts};
 use crate::key::KeySpec;
 use crate::metrics::Metrics;
 use crate::ring::{Algorithm, Member, Ring};
 use arc_swap::{ArcSwap, Guard};
 use std::sync::Arc;
+use tokio::sync::watch;
 
 /// Everything a request needs to be routed, built together from one config.
 #[derive(Debug)]
@@ -20,10 +21,31 @@ pub struct Snapshot {
     pub backends: Box<[Arc<Backend>]>,
     pub keys: KeySpec,
     pub timeouts: Timeouts,
+    pub health: Option<HealthConfig>,
+    pub limits: Limits,
+    pub balance_factor: Option<f64>,
     pub log: Log,
     /// The ring of the generation before this one, to tell which requests'
     /// keys changed owner.
     previous: Option<Previous>,
+}
+
+/// Why a request went to a backend other than its key's owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The owner is unhealthy (or just failed to connect).
+    Failover,
+    /// The owner is at its bounded-load capacity.
+    Overload,
+}
+
+/// The backend chosen for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Choice {
+    pub index: usize,
+    /// The key's owner when all backends are available.
+    pub owner: usize,
+    pub reason: Option<Reason>,
 }
 
 #[derive(Debug)]
@@ -49,6 +71,11 @@ impl Snapshot {
         let mut backends = Vec::with_capacity(config.backends.len());
         let mut members = Vec::with_capacity(config.backends.len());
         for b in &config.backends {
+            let same_place = previous.and_then(|p| {
+                p.backends
+                    .iter()
+                    .find(|o| *o.name == *b.name && *o.address == *b.address)
+            });
             let kept = previous.and_then(|p| {
                 p.backends.iter().find(|o| {
                     *o.name == *b.name
@@ -65,6 +92,7 @@ impl Snapshot {
                     b.weight,
                     metrics.backend(&b.name),
                     upstream,
+                    same_place.map_or_else(Arc::default, |o| o.health.clone()),
                 )?),
             };
             members.push(Member {
@@ -93,9 +121,70 @@ impl Snapshot {
             backends: backends.into_boxed_slice(),
             keys,
             timeouts: config.timeouts.clone(),
+            health: config.health.clone(),
+            limits: config.limits,
+            balance_factor: config.routing.balance_factor,
             log: config.log,
             previous,
         })
+    }
+
+    /// Picks the backend for a key hash: its owner if healthy and (with
+    /// bounded loads) under capacity, else the first backend in the key's
+    /// preference order that is. `skip` excludes a backend that just failed.
+    /// `None`: no healthy backend.
+    #[inline]
+    pub fn choose(&self, hash: u64, total_in_flight: i64, skip: Option<usize>) -> Option<Choice> {
+        let owner = self.ring.owner(hash);
+        let healthy = |i: usize| Some(i) != skip && self.backends[i].health.is_healthy();
+        let capacity = self
+            .balance_factor
+            .map(|c| self.capacity(c, total_in_flight));
+        let fits = |i: usize| capacity.is_none_or(|cap| self.backends[i].in_flight() < cap);
+        if healthy(owner) && fits(owner) {
+            return Some(Choice {
+                index: owner,
+                owner,
+                reason: None,
+            });
+        }
+        let reason = if healthy(owner) {
+            Reason::Overload
+        } else {
+            Reason::Failover
+        };
+        let mut first_healthy = None;
+        for i in self.ring.preference(hash) {
+            if !healthy(i) {
+                continue;
+            }
+            if fits(i) {
+                return Some(Choice {
+                    index: i,
+                    owner,
+                    reason: Some(reason),
+                });
+            }
+            first_healthy.get_or_insert(i);
+        }
+        // Every healthy backend at capacity (only while loads shift): the
+        // first healthy one in preference order still serves.
+        first_healthy.map(|i| Choice {
+            index: i,
+            owner,
+            reason: (i != owner).then_some(reason),
+        })
+    }
+
+    /// Bounded loads: `ceil(c × (in flight + 1) / healthy backends)`.
+    fn capacity(&self, c: f64, total_in_flight: i64) -> i64 {
+        let healthy = self
+            .backends
+            .iter()
+            .filter(|b| b.health.is_healthy())
+            .count()
+            .max(1);
+        (c * (total_in_flight.max(0) + 1) as f64 / healthy as f64).ceil() as i64
     }
 
     /// The backend that owns `key` when all backends are available.
@@ -144,13 +233,34 @@ pub struct Router {
     /// ArcSwap: the request path loads it without a lock; a reload stores a
     /// new snapshot atomically while requests flow.
     live: ArcSwap<Snapshot>,
+    /// Counts swaps; a watch so the health checker sees the latest pool.
+    swaps: watch::Sender<u64>,
+    /// Counts health transitions, for whoever waits on them.
+    health: watch::Sender<u64>,
 }
 
 impl Router {
     pub fn new(snapshot: Snapshot) -> Self {
         Router {
             live: ArcSwap::from_pointee(snapshot),
+            swaps: watch::channel(0).0,
+            health: watch::channel(0).0,
         }
+    }
+
+    /// Follows snapshot swaps.
+    pub fn subscribe_swaps(&self) -> watch::Receiver<u64> {
+        self.swaps.subscribe()
+    }
+
+    /// Follows health transitions.
+    pub fn subscribe_health(&self) -> watch::Receiver<u64> {
+        self.health.subscribe()
+    }
+
+    /// Records that a backend went up or down.
+    pub fn health_changed(&self) {
+        self.health.send_modify(|n| *n += 1);
     }
 
     /// The live snapshot. Drop the guard before awaiting.
@@ -166,6 +276,8 @@ impl Router {
 
     /// Swaps in a new snapshot; returns the one it replaced.
     pub fn store(&self, snapshot: Snapshot) -> Arc<Snapshot> {
-        self.live.swap(Arc::new(snapshot))
+        let old = self.live.swap(Arc::new(snapshot));
+        self.swaps.send_modify(|n| *n += 1);
+        old
     }
 }

@@ -1,6 +1,7 @@
 //! The accept loop and client connections: HTTP/1.1 and h2c (detected per
 //! connection), header-read and idle timeouts, and a bounded graceful drain.
 
+use crate::config::MIN_HEADER_BYTES;
 use crate::proxy::{ConnInfo, Proxy};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -16,7 +17,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 /// What connections are told to do; a `watch` because every connection
@@ -41,9 +42,26 @@ pub async fn run(
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     // An atomic: connection tasks on every worker thread update it.
     let open = Arc::new(AtomicUsize::new(0));
+    // A semaphore: at `max_connections` the loop stops accepting (clients
+    // wait in the kernel's accept queue) and existing connections go on.
+    let max = proxy.router().load().limits.max_connections;
+    let slots = Arc::new(Semaphore::new(max));
     tokio::pin!(shutdown);
 
     loop {
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                tracing::warn!("{max} connections open (limits.max_connections): new connections wait until one closes");
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    p = slots.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
         tokio::select! {
             biased;
             () = &mut shutdown => break,
@@ -54,6 +72,7 @@ pub async fn run(
                         phase: phase_rx.clone(),
                         _done: done_tx.clone(),
                         _open: OpenGuard::new(&open),
+                        _slot: permit,
                     };
                     tokio::spawn(conn.serve(stream, peer));
                 }
@@ -94,6 +113,8 @@ struct Connection {
     phase: watch::Receiver<Phase>,
     _done: mpsc::Sender<()>,
     _open: OpenGuard,
+    /// This connection's place under `max_connections`.
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Connection {
@@ -101,17 +122,25 @@ impl Connection {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, "set_nodelay: {e}");
         }
-        let timeouts = self.proxy.router().load().timeouts.clone();
+        let (timeouts, limits) = {
+            let snap = self.proxy.router().load();
+            (snap.timeouts.clone(), snap.limits)
+        };
+        let header_bytes = limits.max_request_header_bytes.max(MIN_HEADER_BYTES);
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(timeouts.client_header_read)
+            .max_buf_size(header_bytes)
             .keep_alive(true);
         builder
             .http2()
             .timer(TokioTimer::new())
-            .max_concurrent_streams(256);
+            .max_concurrent_streams(256)
+            .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX))
+            .max_pending_accept_reset_streams(Some(64))
+            .max_local_error_reset_streams(Some(256));
 
         let activity = Arc::new(Activity::new());
         let io = TokioIo::new(Tracked {

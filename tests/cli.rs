@@ -95,9 +95,19 @@ fn check_errors_name_the_line() {
             "host:port",
         ),
         (
-            format!("[health]\npath = \"/\"\n{b}"),
-            1,
+            format!("[routing]\nsticky_cookie = {{ name = \"id\" }}\n{b}"),
+            2,
             "not supported yet",
+        ),
+        (
+            format!("[health]\ninterval = \"0s\"\n{b}"),
+            2,
+            "greater than zero",
+        ),
+        (
+            format!("[limits]\nmax_connections = -1\n{b}"),
+            2,
+            "limits.max_connections",
         ),
         (
             format!("[routing]\nalgorithm = \"maglev\"\n{b}"),
