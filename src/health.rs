@@ -41,15 +41,15 @@ pub async fn run(router: Arc<Router>, shutdown: impl Future<Output = ()>) {
         });
         for b in wanted {
             let key = (b.name.clone(), b.address.clone());
-            if !probes.contains_key(&key) {
+            probes.entry(key).or_insert_with(|| {
                 let probe = Probe {
                     name: b.name.clone(),
                     address: b.address.clone(),
                     health: b.health.clone(),
                     gauge: b.metrics.healthy.clone(),
                 };
-                probes.insert(key, tokio::spawn(probe.run(router.clone())));
-            }
+                tokio::spawn(probe.run(router.clone()))
+            });
         }
         drop(snap);
         tokio::select! {
