@@ -35,6 +35,9 @@ pub struct Backend {
     pub health: Arc<Health>,
     /// This backend's connections; dropped with the backend.
     pub pool: Arc<Pool>,
+    /// Requests in progress: an atomic so bounded loads can reserve a place
+    /// with one compare-and-swap (the gauge mirrors it).
+    in_flight: AtomicI64,
 }
 
 /// Health as seen by active checks and passive failures. Atomics: probes,
@@ -129,21 +132,47 @@ impl Backend {
             upstream,
             health,
             pool: Pool::new(address, upstream.connect_timeout, upstream.pool_idle),
+            in_flight: AtomicI64::new(0),
         })
     }
 
     pub fn in_flight(&self) -> i64 {
-        self.metrics.in_flight.get()
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     /// Counts a request as in flight (here and in `total`) until the
-    /// returned guard drops.
-    pub fn start(self: &Arc<Self>, total: &Arc<AtomicI64>) -> InFlight {
+    /// returned guard drops; with a `capacity`, only if fewer than that are
+    /// in flight already (checked and counted in one atomic step).
+    pub fn try_start(
+        self: &Arc<Self>,
+        capacity: Option<i64>,
+        total: &Arc<AtomicI64>,
+    ) -> Option<InFlight> {
+        match capacity {
+            None => {
+                self.in_flight.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(cap) => {
+                self.in_flight
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                        (n < cap).then_some(n + 1)
+                    })
+                    .ok()?;
+            }
+        }
         self.metrics.in_flight.inc();
         total.fetch_add(1, Ordering::Relaxed);
-        InFlight {
+        Some(InFlight {
             backend: self.clone(),
             total: total.clone(),
+        })
+    }
+
+    /// Counts a request as in flight, whatever the load.
+    pub fn start(self: &Arc<Self>, total: &Arc<AtomicI64>) -> InFlight {
+        match self.try_start(None, total) {
+            Some(g) => g,
+            None => unreachable!("no capacity given"),
         }
     }
 
@@ -182,8 +211,15 @@ pub struct InFlight {
     total: Arc<AtomicI64>,
 }
 
+impl InFlight {
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.backend
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
+        self.backend.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.backend.metrics.in_flight.dec();
         self.total.fetch_sub(1, Ordering::Relaxed);
     }

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 /// `[health]` is configured) until `shutdown` resolves.
 pub async fn run(router: Arc<Router>, shutdown: impl Future<Output = ()>) {
     let mut swaps = router.subscribe_swaps();
-    let mut probes: HashMap<(Arc<str>, Box<str>), JoinHandle<()>> = HashMap::new();
+    let mut probes: HashMap<(Arc<str>, Box<str>), ProbeTask> = HashMap::new();
     tokio::pin!(shutdown);
     loop {
         swaps.borrow_and_update();
@@ -30,14 +30,11 @@ pub async fn run(router: Arc<Router>, shutdown: impl Future<Output = ()>) {
         } else {
             Vec::new()
         };
-        probes.retain(|(name, address), task| {
-            let keep = wanted
+        // A dropped ProbeTask stops its probe.
+        probes.retain(|(name, address), _| {
+            wanted
                 .iter()
-                .any(|b| b.name == *name && b.address == *address);
-            if !keep {
-                task.abort();
-            }
-            keep
+                .any(|b| b.name == *name && b.address == *address)
         });
         for b in wanted {
             let key = (b.name.clone(), b.address.clone());
@@ -48,7 +45,7 @@ pub async fn run(router: Arc<Router>, shutdown: impl Future<Output = ()>) {
                     health: b.health.clone(),
                     gauge: b.metrics.healthy.clone(),
                 };
-                tokio::spawn(probe.run(router.clone()))
+                ProbeTask(tokio::spawn(probe.run(router.clone())))
             });
         }
         drop(snap);
@@ -57,8 +54,15 @@ pub async fn run(router: Arc<Router>, shutdown: impl Future<Output = ()>) {
             changed = swaps.changed() => if changed.is_err() { break },
         }
     }
-    for task in probes.values() {
-        task.abort();
+}
+
+/// A running probe; stopped when dropped (its backend left the pool, or
+/// the checker stopped).
+struct ProbeTask(JoinHandle<()>);
+
+impl Drop for ProbeTask {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper::body::{Body, Frame, SizeHint};
 use prometheus::IntCounter;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,7 +50,8 @@ pub struct Proxy {
 
 /// What the pick phase decided, carried to the later phases.
 struct Picked {
-    backend: Arc<Backend>,
+    /// The chosen backend, with the request counted in flight there.
+    in_flight: InFlight,
     hash: u64,
     source: KeyKind,
     response_timeout: Duration,
@@ -140,8 +141,12 @@ impl Proxy {
         // Cheap copies (no allocation) for the log lines after the request is sent.
         let method = req.method().clone();
         let path = req.uri().path_and_query().cloned();
-        let req = rewrite(req, &picked.backend, conn);
-        let result = self.forward(req, &picked).await;
+        let req = rewrite(req, picked.in_flight.backend(), conn);
+        let (hash, fall, timeout) = (picked.hash, picked.fall, picked.response_timeout);
+        let (source, log) = (picked.source, picked.log);
+        let result = self
+            .forward(req, picked.in_flight, hash, fall, timeout)
+            .await;
         let path = path.as_ref().map_or("/", |p| p.path());
         let (resp, backend) = match result {
             Ok((resp, backend, in_flight)) => {
@@ -164,16 +169,17 @@ impl Proxy {
             .metrics
             .duration
             .observe(start.elapsed().as_secs_f64());
-        if picked.log.access {
-            access_log(
-                &picked,
-                &backend,
-                conn,
-                &method,
+        if log.access {
+            let entry = Access {
+                client: conn.peer,
+                method: &method,
                 path,
                 status,
-                start.elapsed(),
-            );
+                backend: &backend.name,
+                source,
+                took: start.elapsed(),
+            };
+            entry.write(log.format);
         }
         resp
     }
@@ -191,16 +197,15 @@ impl Proxy {
         };
         self.key_sources[source as usize].inc();
         let hash = snap.ring.hash(key.as_bytes());
-        let total = self.total_in_flight.load(Ordering::Relaxed);
-        let choice = snap
-            .choose(hash, total, None)
+        let (choice, in_flight) = snap
+            .choose(hash, &self.total_in_flight, None)
             .ok_or(ProxyError::NoBackend)?;
         if snap.owner_changed(hash, choice.owner) {
             self.ring_change.inc();
         }
         self.count(choice.reason);
         Ok(Picked {
-            backend: snap.backends[choice.index].clone(),
+            in_flight,
             hash,
             source,
             response_timeout: snap.timeouts.response_headers,
@@ -225,13 +230,15 @@ impl Proxy {
     async fn forward(
         &self,
         mut req: Request<Incoming>,
-        picked: &Picked,
+        mut in_flight: InFlight,
+        hash: u64,
+        fall: Option<u32>,
+        response_timeout: Duration,
     ) -> Result<(Response<UpstreamBody>, Arc<Backend>, InFlight), (ProxyError, Arc<Backend>)> {
-        let mut backend = picked.backend.clone();
+        let mut backend = in_flight.backend().clone();
         let mut moved_on = false;
         let mut fresh = false;
         loop {
-            let in_flight = backend.start(&self.total_in_flight);
             let conn = if fresh {
                 backend.pool.connect().await
             } else {
@@ -240,27 +247,26 @@ impl Proxy {
             let conn = match conn {
                 Ok(c) => c,
                 Err(e) => {
-                    drop(in_flight);
-                    self.connect_failed(&backend, picked.fall, &e);
+                    self.connect_failed(&backend, fall, &e);
                     let next = if moved_on {
                         None
                     } else {
-                        self.next_backend(picked.hash, &backend)
+                        self.next_backend(hash, &backend)
                     };
                     match next {
                         Some(next) => {
                             moved_on = true;
                             self.failover.inc();
-                            retarget(&mut req, &next);
-                            backend = next;
+                            backend = next.backend().clone();
+                            retarget(&mut req, &backend);
+                            in_flight = next;
                             continue;
                         }
                         None => return Err((ProxyError::Connect, backend)),
                     }
                 }
             };
-            match tokio::time::timeout(picked.response_timeout, conn.send(req, &backend.pool)).await
-            {
+            match tokio::time::timeout(response_timeout, conn.send(req, &backend.pool)).await {
                 Ok(Ok(resp)) => return Ok((resp, backend, in_flight)),
                 Ok(Err(SendError::NotSent(unsent))) if !fresh => {
                     req = *unsent;
@@ -292,13 +298,13 @@ impl Proxy {
         }
     }
 
-    /// The next healthy backend after `failed` in the key's preference order.
-    fn next_backend(&self, hash: u64, failed: &Arc<Backend>) -> Option<Arc<Backend>> {
+    /// The next healthy backend after `failed` in the key's preference
+    /// order, with the request counted in flight there.
+    fn next_backend(&self, hash: u64, failed: &Arc<Backend>) -> Option<InFlight> {
         let snap = self.router.load();
         let skip = snap.backends.iter().position(|b| Arc::ptr_eq(b, failed));
-        let total = self.total_in_flight.load(Ordering::Relaxed);
-        let choice = snap.choose(hash, total, skip)?;
-        Some(snap.backends[choice.index].clone())
+        let (_, in_flight) = snap.choose(hash, &self.total_in_flight, skip)?;
+        Some(in_flight)
     }
 }
 
@@ -379,36 +385,48 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
 }
 
 /// One access-log line on stdout, when `[log] access = true`.
-fn access_log(
-    picked: &Picked,
-    backend: &Backend,
-    conn: ConnInfo,
-    method: &http::Method,
-    path: &str,
+/// One request as the access log tells it.
+struct Access<'a> {
+    client: SocketAddr,
+    method: &'a http::Method,
+    path: &'a str,
     status: u16,
+    backend: &'a str,
+    source: KeyKind,
     took: Duration,
-) {
-    use std::io::Write;
-    let client = conn.peer.ip().to_canonical();
-    let backend = &*backend.name;
-    let source = picked.source.as_str();
-    let ms = took.as_secs_f64() * 1000.0;
-    let line = match picked.log.format {
-        LogFormat::Text => format!(
-            "{client} {method} {path} {status} backend={backend} key_source={source} duration_ms={ms:.3}\n"
-        ),
-        LogFormat::Json => {
-            let mut s = serde_json::json!({
-                "client": client.to_string(), "method": method.as_str(), "path": path,
-                "status": status, "backend": backend, "key_source": source, "duration_ms": ms,
-            })
-            .to_string();
-            s.push('\n');
-            s
+}
+
+impl Access<'_> {
+    /// One line on stdout, when `[log] access = true`.
+    fn write(&self, format: LogFormat) {
+        use std::io::Write;
+        let Access {
+            method,
+            path,
+            status,
+            backend,
+            ..
+        } = *self;
+        let client = self.client.ip().to_canonical();
+        let source = self.source.as_str();
+        let ms = self.took.as_secs_f64() * 1000.0;
+        let line = match format {
+            LogFormat::Text => format!(
+                "{client} {method} {path} {status} backend={backend} key_source={source} duration_ms={ms:.3}\n"
+            ),
+            LogFormat::Json => {
+                let mut s = serde_json::json!({
+                    "client": client.to_string(), "method": method.as_str(), "path": path,
+                    "status": status, "backend": backend, "key_source": source, "duration_ms": ms,
+                })
+                .to_string();
+                s.push('\n');
+                s
+            }
+        };
+        if let Err(e) = std::io::stdout().lock().write_all(line.as_bytes()) {
+            tracing::debug!("access log write failed: {e}");
         }
-    };
-    if let Err(e) = std::io::stdout().lock().write_all(line.as_bytes()) {
-        tracing::debug!("access log write failed: {e}");
     }
 }
 

@@ -2,12 +2,13 @@
 //! timeouts, generation, the previous ring) behind one `ArcSwap`, so a
 //! request sees either the old pool or the new one, never half of each.
 
-use crate::backend::{Backend, UpstreamOptions};
+use crate::backend::{Backend, InFlight, UpstreamOptions};
 use crate::config::{AlgorithmConfig, Config, HealthConfig, Limits, Log, Timeouts};
 use crate::key::KeySpec;
 use crate::metrics::Metrics;
 use crate::ring::{Algorithm, Member, Ring};
 use arc_swap::{ArcSwap, Guard};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -129,24 +130,33 @@ impl Snapshot {
         })
     }
 
-    /// Picks the backend for a key hash: its owner if healthy and (with
-    /// bounded loads) under capacity, else the first backend in the key's
-    /// preference order that is. `skip` excludes a backend that just failed.
-    /// `None`: no healthy backend.
+    /// Picks the backend for a key hash and counts the request in flight
+    /// there: its owner if healthy and (with bounded loads) under capacity,
+    /// else the first backend in the key's preference order that is.
+    /// `skip` excludes a backend that just failed. `None`: no healthy backend.
     #[inline]
-    pub fn choose(&self, hash: u64, total_in_flight: i64, skip: Option<usize>) -> Option<Choice> {
+    pub fn choose(
+        &self,
+        hash: u64,
+        total: &Arc<AtomicI64>,
+        skip: Option<usize>,
+    ) -> Option<(Choice, InFlight)> {
         let owner = self.ring.owner(hash);
         let healthy = |i: usize| Some(i) != skip && self.backends[i].health.is_healthy();
         let capacity = self
             .balance_factor
-            .map(|c| self.capacity(c, total_in_flight));
-        let fits = |i: usize| capacity.is_none_or(|cap| self.backends[i].in_flight() < cap);
-        if healthy(owner) && fits(owner) {
-            return Some(Choice {
-                index: owner,
-                owner,
-                reason: None,
-            });
+            .map(|c| self.capacity(c, total.load(Ordering::Relaxed)));
+        if healthy(owner) {
+            if let Some(g) = self.backends[owner].try_start(capacity, total) {
+                return Some((
+                    Choice {
+                        index: owner,
+                        owner,
+                        reason: None,
+                    },
+                    g,
+                ));
+            }
         }
         let reason = if healthy(owner) {
             Reason::Overload
@@ -158,21 +168,27 @@ impl Snapshot {
             if !healthy(i) {
                 continue;
             }
-            if fits(i) {
-                return Some(Choice {
-                    index: i,
-                    owner,
-                    reason: Some(reason),
-                });
+            if let Some(g) = self.backends[i].try_start(capacity, total) {
+                return Some((
+                    Choice {
+                        index: i,
+                        owner,
+                        reason: Some(reason),
+                    },
+                    g,
+                ));
             }
             first_healthy.get_or_insert(i);
         }
         // Every healthy backend at capacity (only while loads shift): the
         // first healthy one in preference order still serves.
-        first_healthy.map(|i| Choice {
-            index: i,
-            owner,
-            reason: (i != owner).then_some(reason),
+        first_healthy.map(|i| {
+            let choice = Choice {
+                index: i,
+                owner,
+                reason: (i != owner).then_some(reason),
+            };
+            (choice, self.backends[i].start(total))
         })
     }
 

@@ -30,16 +30,70 @@ use tokio::task::JoinHandle;
 /// - `/slow?ms=N`: waits N ms before the headers;
 /// - anything else: the name.
 ///
+/// - `/healthz`: 200, or 500 while `set_sick(true)`.
+///
 /// Every response carries `x-backend: NAME`.
 pub struct TestBackend {
     pub name: String,
     pub addr: SocketAddr,
-    task: JoinHandle<()>,
+    pub state: Arc<BackendState>,
+    task: Option<(JoinHandle<()>, tokio::sync::watch::Sender<bool>)>,
+}
+
+/// What a test backend has seen, and how it should behave.
+#[derive(Default)]
+pub struct BackendState {
+    pub sick: std::sync::atomic::AtomicBool,
+    /// Requests being answered now, and the most at once.
+    pub active: std::sync::atomic::AtomicI64,
+    pub peak: std::sync::atomic::AtomicI64,
+    pub served: std::sync::atomic::AtomicU64,
+    /// Killed: every response closes its connection.
+    pub closing: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for TestBackend {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some((task, _)) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+impl TestBackend {
+    /// Stops listening; each open connection closes after its next
+    /// response (`Connection: close`), as a backend draining on its way out.
+    pub async fn kill(&mut self) {
+        if let Some((task, stop)) = self.task.take() {
+            self.state
+                .closing
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            stop.send_replace(true);
+            tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .expect("backend stops")
+                .expect("backend task");
+        }
+    }
+
+    /// Listens again on the same address.
+    pub async fn restart(&mut self) {
+        assert!(self.task.is_none(), "restart a killed backend");
+        self.state
+            .closing
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        let listener = TcpListener::bind(self.addr).await.expect("rebind backend");
+        self.task = Some(serve(
+            listener,
+            self.name.clone().into(),
+            self.state.clone(),
+        ));
+    }
+
+    pub fn set_sick(&self, sick: bool) {
+        self.state
+            .sick
+            .store(sick, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -62,7 +116,13 @@ fn full(b: impl Into<Bytes>) -> TestBody {
     Full::new(b.into()).boxed()
 }
 
-async fn backend_reply(name: Arc<str>, req: Request<Incoming>) -> Response<TestBody> {
+async fn backend_reply(
+    name: Arc<str>,
+    state: Arc<BackendState>,
+    req: Request<Incoming>,
+) -> Response<TestBody> {
+    use std::sync::atomic::Ordering::Relaxed;
+    state.served.fetch_add(1, Relaxed);
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let param = |k: &str| -> u64 {
@@ -111,8 +171,17 @@ async fn backend_reply(name: Arc<str>, req: Request<Incoming>) -> Response<TestB
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         r
     } else if path == "/slow" {
+        let now = state.active.fetch_add(1, Relaxed) + 1;
+        state.peak.fetch_max(now, Relaxed);
         tokio::time::sleep(Duration::from_millis(param("ms"))).await;
+        state.active.fetch_sub(1, Relaxed);
         Response::new(full(name.to_string()))
+    } else if path == "/healthz" {
+        let mut r = Response::new(full("ok\n"));
+        if state.sick.load(Relaxed) {
+            *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        }
+        r
     } else {
         Response::new(full(name.to_string()))
     };
@@ -153,27 +222,50 @@ pub async fn spawn_backend(name: &str) -> TestBackend {
         .await
         .expect("bind backend");
     let addr = listener.local_addr().expect("backend addr");
-    let shared: Arc<str> = name.into();
+    let state = Arc::new(BackendState::default());
+    TestBackend {
+        name: name.to_string(),
+        addr,
+        task: Some(serve(listener, name.into(), state.clone())),
+        state,
+    }
+}
+
+/// The backend's accept loop; `true` on the watch stops it gracefully.
+fn serve(
+    listener: TcpListener,
+    name: Arc<str>,
+    state: Arc<BackendState>,
+) -> (JoinHandle<()>, tokio::sync::watch::Sender<bool>) {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(async move {
         let mut conns = tokio::task::JoinSet::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            let name = shared.clone();
+        let mut stopped = stopped;
+        loop {
+            let stream = tokio::select! {
+                _ = stopped.wait_for(|s| *s) => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(_) => break,
+                },
+            };
+            let (name, state) = (name.clone(), state.clone());
             conns.spawn(async move {
                 let svc = service_fn(move |req| {
-                    let name = name.clone();
-                    async move { Ok::<_, Infallible>(backend_reply(name, req).await) }
+                    let (name, state) = (name.clone(), state.clone());
+                    async move { Ok::<_, Infallible>(backend_reply(name, state, req).await) }
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
             });
         }
+        // Open connections finish on their own (each closes after its next
+        // response); the test's runtime ends any left.
+        drop(listener);
+        conns.detach_all();
     });
-    TestBackend {
-        name: name.to_string(),
-        addr,
-        task,
-    }
+    (task, stop)
 }
 
 pub async fn spawn_backends(n: usize) -> Vec<TestBackend> {
@@ -241,6 +333,10 @@ pub async fn start_proxy(router: Arc<Router>, metrics: Arc<Metrics>) -> TestProx
         tokio::spawn(stickylb::admin::run(
             admin_listener,
             admin_state,
+            std::future::pending(),
+        )),
+        tokio::spawn(stickylb::health::run(
+            router.clone(),
             std::future::pending(),
         )),
     ];
