@@ -138,8 +138,11 @@ impl Conn {
         match self.tx.try_send_request(req).await {
             Ok(resp) => {
                 let (parts, body) = resp.into_parts();
+                let reusable = keeps_alive(&parts);
                 // An empty body may never be polled: hand the connection back now.
-                let release = if body.is_end_stream() {
+                let release = if !reusable {
+                    None
+                } else if body.is_end_stream() {
                     pool.release(self.tx);
                     None
                 } else {
@@ -156,6 +159,29 @@ impl Conn {
                 None => Err(SendError::Failed(e.into_error())),
             },
         }
+    }
+}
+
+/// Whether the backend lets the connection carry another request: not
+/// after `Connection: close`, nor from an HTTP/1.0 server without
+/// `keep-alive`, nor after a protocol switch (`101`).
+fn keeps_alive(parts: &http::response::Parts) -> bool {
+    if parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        return false;
+    }
+    let has = |token: &str| {
+        parts
+            .headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if parts.version == http::Version::HTTP_10 {
+        has("keep-alive")
+    } else {
+        !has("close")
     }
 }
 
