@@ -60,7 +60,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (cfg, snap) = reload::load_initial(&path, &metrics)?;
     let router = Arc::new(Router::new(snap));
     let reloader = Arc::new(Reloader::new(&path, &cfg, router.clone(), metrics.clone()));
-    tokio::spawn(reloader.run(std::future::pending()));
+    reloader.start(std::future::pending());
     let proxy = Arc::new(Proxy::new(router, metrics));
     tokio::spawn(stickylb::server::run(
         listener,

@@ -177,7 +177,7 @@ fn serve(path: &Path, threads: Option<usize>, with_demo: bool) -> Result<(), Fai
         let admin_task = tokio::spawn(admin::run(admin_listener, admin, stopped(stop_rx.clone())));
         let health_task = tokio::spawn(health::run(router.clone(), stopped(stop_rx.clone())));
         let reloader = Arc::new(Reloader::new(path, &config, router, metrics));
-        let reload_task = tokio::spawn(reloader.run(stopped(stop_rx.clone())));
+        let reload_task = reloader.start(stopped(stop_rx.clone()));
         tracing::info!(
             "listening on http://{} with {} backends; admin on http://{}",
             config.listen.address,

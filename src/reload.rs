@@ -177,8 +177,14 @@ impl Reloader {
     /// Watches the config file's directory and listens for SIGHUP until
     /// `shutdown` resolves. Watching the directory, not the file, survives
     /// editors that replace the file by rename and symlink swaps.
-    pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
-        let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    ///
+    /// The watch and the signal handler are in place when this returns, so
+    /// a change made after it is never missed; the loop runs in a task.
+    pub fn start(
+        self: Arc<Self>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        let (tx, rx) = mpsc::unbounded_channel::<()>();
         let dir = match self.path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
@@ -190,7 +196,7 @@ impl Reloader {
                 Ok(_) => drop(tx.send(())),
                 Err(e) => tracing::warn!("config watcher: {e}"),
             });
-        let _watcher = match watcher
+        let watcher = match watcher
             .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w))
         {
             Ok(w) => {
@@ -202,7 +208,17 @@ impl Reloader {
                 None
             }
         };
-        let mut hangup = hangup_signal();
+        let hangup = hangup_signal();
+        tokio::spawn(self.run(watcher, rx, hangup, shutdown))
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        _watcher: Option<notify::RecommendedWatcher>,
+        mut rx: mpsc::UnboundedReceiver<()>,
+        mut hangup: Hangup,
+        shutdown: impl Future<Output = ()>,
+    ) {
         tokio::pin!(shutdown);
         loop {
             let force = tokio::select! {

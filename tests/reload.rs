@@ -97,7 +97,7 @@ async fn start_live(path: &Path) -> Live {
         metrics.clone(),
     ));
     let status = reloader.subscribe();
-    tokio::spawn(reloader.clone().run(std::future::pending()));
+    reloader.clone().start(std::future::pending());
     let proxy = start_proxy(router, metrics).await;
     Live {
         proxy,
