@@ -9,8 +9,7 @@ use common::*;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -139,56 +138,22 @@ async fn killing_a_backend_under_load_loses_nothing() {
     let slow_checks = "[health]\ninterval = \"60s\"\nfall = 3\nrise = 2\n";
     let proxy = spawn_proxy(&config_text(&refs, "", slow_checks)).await;
     let addr = proxy.addr;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let mut clients = Vec::new();
-    for t in 0..4 {
-        let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
-        clients.push(tokio::spawn(async move {
-            let client = client();
-            let deadline = Instant::now() + Duration::from_secs(60);
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline && i < 200_000 {
-                let id = format!("k-{t}-{}", i % 300);
-                let req = if i.is_multiple_of(2) {
-                    get(addr, "/", &[("x-client-id", &id)])
-                } else {
-                    Request::post(format!("http://{addr}/upload"))
-                        .header("x-client-id", &id)
-                        .body(Full::new(Bytes::from(vec![7u8; 2048])))
-                        .unwrap()
-                };
-                let r = send(&client, req).await;
-                sent.fetch_add(1, Ordering::Relaxed);
-                if r.status != StatusCode::OK {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("failed: {} {}", r.status, r.text());
-                }
-                i += 1;
-            }
-        }));
-    }
-    let wait_sent = |n: u64| {
-        let sent = sent.clone();
-        async move {
-            tokio::time::timeout(Duration::from_secs(30), async {
-                while sent.load(Ordering::Relaxed) < n {
-                    tokio::task::yield_now().await;
-                }
-            })
-            .await
-            .expect("load flows")
+    let load = Load::start(4, move |t, i| {
+        let id = format!("k-{t}-{}", i % 300);
+        if i.is_multiple_of(2) {
+            get(addr, "/", &[("x-client-id", &id)])
+        } else {
+            Request::post(format!("http://{addr}/upload"))
+                .header("x-client-id", &id)
+                .body(Full::new(Bytes::from(vec![7u8; 2048])))
+                .unwrap()
         }
-    };
-    wait_sent(500).await;
+    });
+    load.wait_sent(500).await;
     pool[0].kill().await;
-    let at_kill = sent.load(Ordering::Relaxed);
-    wait_sent(at_kill + 1500).await;
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await.unwrap();
-    }
-    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let at_kill = load.sent.load(Ordering::Relaxed);
+    load.wait_sent(at_kill + 1500).await;
+    let (sent, failed) = load.finish().await;
     assert_eq!(failed, 0, "{failed} of {sent} requests failed");
     let m = send(&client(), get(proxy.admin, "/metrics", &[]))
         .await

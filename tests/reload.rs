@@ -7,9 +7,8 @@ use common::*;
 use http::StatusCode;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use stickylb::config;
 use stickylb::metrics::Metrics;
 use stickylb::reload::{self, Reloader, Status};
@@ -190,26 +189,13 @@ async fn reload_under_load_loses_no_request() {
     let mut live = start_live(&path).await;
     let addr = live.proxy.addr;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let mut clients = Vec::new();
-    for t in 0..4 {
-        let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
-        clients.push(tokio::spawn(async move {
-            let client = client();
-            let deadline = Instant::now() + Duration::from_secs(120);
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline && i < 1_000_000 {
-                let id = format!("load-{t}-{}", i % 500);
-                let r = send(&client, get(addr, "/", &[("x-client-id", &id)])).await;
-                sent.fetch_add(1, Ordering::Relaxed);
-                if r.status != StatusCode::OK {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                }
-                i += 1;
-            }
-        }));
-    }
+    let load = Load::start(4, move |t, i| {
+        get(
+            addr,
+            "/",
+            &[("x-client-id", &format!("load-{t}-{}", i % 500))],
+        )
+    });
 
     let methods = [
         Method::SymlinkConvert,
@@ -233,11 +219,7 @@ async fn reload_under_load_loses_no_request() {
             assert_eq!(line, format!("{key} -> {served}"), "step {step} ({how:?})");
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await.expect("client task");
-    }
-    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (sent, failed) = load.finish().await;
     assert!(sent > 200, "the clients kept sending: {sent}");
     assert_eq!(
         failed, 0,
@@ -343,16 +325,7 @@ async fn metrics_count_what_happened() {
         metric(&m, "stickylb_key_source_total{source=\"header\"}"),
         Some(300.0)
     );
-    let shares: f64 = three
-        .iter()
-        .map(|b| {
-            metric(
-                &m,
-                &format!("stickylb_ring_share{{backend=\"{}\"}}", b.name),
-            )
-            .unwrap()
-        })
-        .sum();
+    let shares = share_sum(&m, &three);
     assert!((shares - 1.0).abs() < 1e-9, "{shares}");
 
     // Add a backend: generation and rebuilds step by one, the remap
@@ -372,16 +345,7 @@ async fn metrics_count_what_happened() {
     let remap = metric(&m, "stickylb_ring_last_remap_fraction").unwrap();
     assert_eq!(remap, diff["moved_fraction"].as_f64().unwrap());
     assert!(remap > 0.1 && remap < 0.4, "{remap}");
-    let shares: f64 = four
-        .iter()
-        .map(|b| {
-            metric(
-                &m,
-                &format!("stickylb_ring_share{{backend=\"{}\"}}", b.name),
-            )
-            .unwrap()
-        })
-        .sum();
+    let shares = share_sum(&m, &four);
     assert!((shares - 1.0).abs() < 1e-9, "{shares}");
 
     let old_ring = ring_of(&config::from_toml_str(&old, "o").unwrap()).unwrap();

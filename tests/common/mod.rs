@@ -427,3 +427,86 @@ pub async fn backend_for(
     assert_eq!(r.status, StatusCode::OK, "id {id}: {}", r.text());
     r.backend()
 }
+
+/// Sum of `stickylb_ring_share` over `backends` in a `/metrics` text.
+pub fn share_sum(metrics: &str, backends: &[&TestBackend]) -> f64 {
+    backends
+        .iter()
+        .map(|b| {
+            let series = format!("stickylb_ring_share{{backend=\"{}\"}}", b.name);
+            metric(metrics, &series).unwrap_or_else(|| panic!("no {series}"))
+        })
+        .sum()
+}
+
+/// Client tasks sending continuously (bounded: 60 s and 200,000 requests
+/// each) until stopped, counting what they sent and what did not get a 200.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    pub sent: Arc<std::sync::atomic::AtomicU64>,
+    pub failed: Arc<std::sync::atomic::AtomicU64>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    /// `clients` tasks; `request(task, i)` builds the i-th request of a task.
+    pub fn start(
+        clients: usize,
+        request: impl Fn(usize, u64) -> Request<Full<Bytes>> + Send + Sync + 'static,
+    ) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let request = Arc::new(request);
+        let tasks = (0..clients)
+            .map(|t| {
+                let (stop, sent, failed, request) =
+                    (stop.clone(), sent.clone(), failed.clone(), request.clone());
+                tokio::spawn(async move {
+                    let client = client();
+                    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                    let mut i = 0u64;
+                    while !stop.load(Relaxed) && std::time::Instant::now() < deadline && i < 200_000
+                    {
+                        let r = send(&client, request(t, i)).await;
+                        sent.fetch_add(1, Relaxed);
+                        if r.status != StatusCode::OK {
+                            failed.fetch_add(1, Relaxed);
+                            eprintln!("failed: {} {}", r.status, r.text());
+                        }
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            sent,
+            failed,
+            tasks,
+        }
+    }
+
+    /// Waits (yielding, at most 30 s) until `n` requests in all were sent.
+    pub async fn wait_sent(&self, n: u64) {
+        let sent = self.sent.clone();
+        tokio::time::timeout(Duration::from_secs(30), async move {
+            while sent.load(std::sync::atomic::Ordering::Relaxed) < n {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("load flows");
+    }
+
+    /// Stops the clients; returns (sent, failed).
+    pub async fn finish(self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.stop.store(true, Relaxed);
+        for t in self.tasks {
+            t.await.expect("client task");
+        }
+        (self.sent.load(Relaxed), self.failed.load(Relaxed))
+    }
+}
