@@ -202,7 +202,14 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let res = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = res {
+        // Readers stop at the last frame of a sized body without asking for
+        // the end: release as soon as the body is known to be complete.
+        let done = match &res {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
+            _ => false,
+        };
+        if done {
             if let Some((tx, pool)) = self.release.take() {
                 pool.release(tx);
             }

@@ -344,3 +344,23 @@ async fn two_instances_route_identically() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_reused() {
+    let backend = spawn_backend("b").await;
+    let proxy = spawn_proxy(&config_text(&[&backend], "", "")).await;
+    let client = client();
+    for i in 0..200 {
+        let path = ["/", "/download?bytes=70000", "/status/204", "/headers"][i % 4];
+        let r = send(&client, get(proxy.addr, path, &[("x-client-id", "r")])).await;
+        assert!(r.status.is_success(), "{}", r.status);
+    }
+    let accepted = backend
+        .state
+        .accepted
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        accepted <= 2,
+        "200 sequential requests took {accepted} backend connections"
+    );
+}

@@ -50,6 +50,8 @@ pub struct BackendState {
     pub served: std::sync::atomic::AtomicU64,
     /// Killed: every response closes its connection.
     pub closing: std::sync::atomic::AtomicBool,
+    /// Connections accepted.
+    pub accepted: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for TestBackend {
@@ -249,6 +251,9 @@ fn serve(
                     Err(_) => break,
                 },
             };
+            state
+                .accepted
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let (name, state) = (name.clone(), state.clone());
             conns.spawn(async move {
                 let svc = service_fn(move |req| {
