@@ -138,8 +138,12 @@ impl Conn {
         match self.tx.try_send_request(req).await {
             Ok(resp) => {
                 let (parts, body) = resp.into_parts();
-                // An empty body may never be polled: hand the connection back now.
-                let release = if body.is_end_stream() {
+                // A 101 hands the connection over to the upgraded stream: it
+                // never returns to the pool.
+                let release = if parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                    None
+                } else if body.is_end_stream() {
+                    // An empty body may never be polled: hand the connection back now.
                     pool.release(self.tx);
                     None
                 } else {
