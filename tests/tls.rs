@@ -22,12 +22,12 @@ struct Tls {
 
 /// Three backends behind a TLS proxy whose config names its certificate
 /// files relative to the config file's directory.
-async fn start_tls() -> Tls {
+async fn start_tls(routing: &str) -> Tls {
     let backends = spawn_backends(3).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = TestCa::new();
     ca.leaf().write(&dir.path().join("tls"));
-    let text = config_text(&backends.iter().collect::<Vec<_>>(), "", "").replace(
+    let text = config_text(&backends.iter().collect::<Vec<_>>(), routing, "").replace(
         "[listen]\n",
         "[listen]\ntls = { cert = \"tls/cert.pem\", key = \"tls/key.pem\" }\n",
     );
@@ -77,7 +77,7 @@ impl Tls {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_clients_get_sticky_routing() {
-    let t = start_tls().await;
+    let t = start_tls("").await;
     let ids: Vec<String> = (0..10).map(|i| format!("user-{i}")).collect();
     let mut seen = std::collections::HashSet::new();
     // HTTP/1.1 by ALPN, and a client that offers no ALPN at all.
@@ -101,7 +101,7 @@ async fn https_clients_get_sticky_routing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alpn_h2_multiplexes_streams_routed_individually() {
-    let t = start_tls().await;
+    let t = start_tls("").await;
     let (conn, _) = https_connect(t.proxy.addr, &t.ca.der, &[b"h2", b"http/1.1"]).await;
     assert!(conn.is_h2(), "ALPN chose h2");
     let mut streams = Vec::new();
@@ -132,7 +132,7 @@ async fn alpn_h2_multiplexes_streams_routed_individually() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_swap_serves_new_connections_and_a_bad_one_keeps_the_old() {
-    let t = start_tls().await;
+    let t = start_tls("").await;
     let (mut old_conn, first) = https_connect(t.proxy.addr, &t.ca.der, &[b"h2"]).await;
 
     // A renewal overwrites the files; the reload (SIGHUP) picks it up.
@@ -188,4 +188,23 @@ async fn certificate_swap_serves_new_connections_and_a_bad_one_keeps_the_old() {
         conn.get("/", &[("x-client-id", "a")]).await.status,
         StatusCode::OK
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_cookie_over_tls_is_secure() {
+    let t = start_tls("sticky_cookie = { name = \"lb_id\" }").await;
+    let (mut conn, _) = https_connect(t.proxy.addr, &t.ca.der, &[b"h2"]).await;
+    let r = conn.get("/", &[]).await;
+    let cookie = r
+        .headers
+        .get("set-cookie")
+        .expect("a cookie")
+        .to_str()
+        .unwrap();
+    assert!(
+        cookie.ends_with("; Path=/; HttpOnly; SameSite=Lax; Max-Age=2592000; Secure"),
+        "{cookie}"
+    );
+    let id = &cookie["lb_id=".len()..cookie.find(';').unwrap()];
+    assert_eq!(r.backend(), t.owner(id));
 }

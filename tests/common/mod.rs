@@ -527,13 +527,14 @@ pub enum HttpsConn {
     H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
 }
 
-/// A new TLS connection to `addr` that trusts `ca`, offering `alpn`; also
-/// the certificate the server presented.
-pub async fn https_connect(
+pub type TlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// A TLS connection to `addr` (as `localhost`) that trusts `ca`, offering `alpn`.
+pub async fn tls_connect(
     addr: SocketAddr,
     ca: &rustls::pki_types::CertificateDer<'static>,
     alpn: &[&[u8]],
-) -> (HttpsConn, rustls::pki_types::CertificateDer<'static>) {
+) -> TlsStream {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.clone()).expect("trust the test CA");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -547,13 +548,23 @@ pub async fn https_connect(
         .await
         .expect("connect proxy");
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    let tls = tokio::time::timeout(
+    tokio::time::timeout(
         Duration::from_secs(10),
         tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp),
     )
     .await
     .expect("handshake within 10 s")
-    .expect("TLS handshake");
+    .expect("TLS handshake")
+}
+
+/// A new HTTPS connection to `addr` that trusts `ca`, offering `alpn`; also
+/// the certificate the server presented.
+pub async fn https_connect(
+    addr: SocketAddr,
+    ca: &rustls::pki_types::CertificateDer<'static>,
+    alpn: &[&[u8]],
+) -> (HttpsConn, rustls::pki_types::CertificateDer<'static>) {
+    let tls = tls_connect(addr, ca, alpn).await;
     let (_, session) = tls.get_ref();
     let presented = session.peer_certificates().expect("server certificate")[0].clone();
     let h2 = session.alpn_protocol() == Some(b"h2");
@@ -616,4 +627,68 @@ impl HttpsConn {
             HttpsConn::H1(_) => panic!("HTTP/1.1 carries one request at a time"),
         }
     }
+}
+
+// ---- WebSocket -------------------------------------------------------------
+
+/// A WebSocket backend: on each connection it first sends its name, then
+/// echoes every message until the client closes.
+pub struct WsBackend {
+    pub name: String,
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for WsBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub async fn spawn_ws_backend(name: &str) -> WsBackend {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind ws");
+    let addr = listener.local_addr().expect("ws addr");
+    let name_owned: Arc<str> = name.into();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let name = name_owned.clone();
+            tokio::spawn(async move {
+                // Health probes and other plain requests are not WebSocket
+                // handshakes; those connections just end.
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                if ws.send(Message::text(name.to_string())).await.is_err() {
+                    return;
+                }
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_close() {
+                        break;
+                    }
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    WsBackend {
+        name: name.to_string(),
+        addr,
+        task,
+    }
+}
+
+/// A config file's text for WebSocket backends.
+pub fn ws_config_text(backends: &[WsBackend], routing: &str, extra: &str) -> String {
+    let mut s = format!("[listen]\naddress = \"127.0.0.1:1\"\n[admin]\naddress = \"127.0.0.1:2\"\n[routing]\n{routing}\n{extra}\n");
+    for b in backends {
+        s.push_str(&format!(
+            "[[backend]]\nname = \"{}\"\naddress = \"{}\"\n",
+            b.name, b.addr
+        ));
+    }
+    s
 }
