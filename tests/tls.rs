@@ -208,3 +208,42 @@ async fn sticky_cookie_over_tls_is_secure() {
     let id = &cookie["lb_id=".len()..cookie.find(';').unwrap()];
     assert_eq!(r.backend(), t.owner(id));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_flood_does_not_take_the_proxy_down() {
+    let t = start_tls("").await;
+    let mut flooders = Vec::new();
+    for _ in 0..2 {
+        let (conn, _) = https_connect(t.proxy.addr, &t.ca.der, &[b"h2"]).await;
+        let HttpsConn::H2(tx) = conn else {
+            panic!("ALPN h2")
+        };
+        flooders.push(tokio::spawn(async move {
+            let mut sent = 0u32;
+            for i in 0..1500 {
+                let mut tx = tx.clone();
+                if tx.ready().await.is_err() {
+                    break; // the proxy closed the connection: allowed
+                }
+                let req = http::Request::get("https://localhost/slow?ms=200")
+                    .header("x-client-id", format!("flood-{i}"))
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .expect("request");
+                // Polled once, then dropped: the stream is reset at once.
+                let _ = tokio::time::timeout(std::time::Duration::ZERO, tx.send_request(req)).await;
+                sent += 1;
+            }
+            sent
+        }));
+    }
+    for f in flooders {
+        f.await.expect("flood task");
+    }
+    // The proxy still serves new connections, over h2 and HTTP/1.1.
+    for alpn in [&b"h2"[..], b"http/1.1"] {
+        let (mut conn, _) = https_connect(t.proxy.addr, &t.ca.der, &[alpn]).await;
+        let r = conn.get("/", &[("x-client-id", "after")]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.backend(), t.owner("after"));
+    }
+}
