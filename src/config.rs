@@ -6,6 +6,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::ops::Range;
+use std::path::PathBuf;
 use std::time::Duration;
 use toml::Spanned;
 
@@ -62,6 +63,34 @@ pub enum LogFormat {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Listen {
     pub address: SocketAddr,
+    /// The certificate files; TLS is served on `tls_address` if set, else
+    /// on `address`.
+    pub tls: Option<TlsFiles>,
+    /// A second listener for TLS beside the plain one on `address`.
+    pub tls_address: Option<SocketAddr>,
+}
+
+/// `listen.tls`: PEM files, as written (a relative path is relative to the
+/// config file's directory; the reader of the file resolves it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub key: PathBuf,
+}
+
+impl Listen {
+    /// The address served over TLS, if any.
+    pub fn tls_listener(&self) -> Option<SocketAddr> {
+        self.tls.as_ref()?;
+        Some(self.tls_address.unwrap_or(self.address))
+    }
+
+    /// The address served as plain HTTP, if any.
+    pub fn plain_listener(&self) -> Option<SocketAddr> {
+        (self.tls.is_none() || self.tls_address.is_some()).then_some(self.address)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -78,7 +107,19 @@ pub struct Routing {
     pub seed: u64,
     /// Bounded loads: no backend takes more than this × the mean in-flight load.
     pub balance_factor: Option<f64>,
+    /// Give key-less clients a generated id, set as this cookie.
+    pub sticky_cookie: Option<StickyCookie>,
 }
+
+/// `routing.sticky_cookie`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyCookie {
+    /// A cookie name (an RFC 9110 token).
+    pub name: String,
+    pub max_age: Duration,
+}
+
+pub const DEFAULT_COOKIE_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Where a request's client id may come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,6 +151,9 @@ pub struct Timeouts {
     pub client_header_read: Duration,
     pub idle: Duration,
     pub shutdown_grace: Duration,
+    /// An upgraded connection (WebSocket) with no bytes either way this
+    /// long is closed.
+    pub upgraded_idle: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -167,8 +211,22 @@ struct RawFile {
 #[serde(deny_unknown_fields)]
 struct RawListen {
     address: Option<Spanned<String>>,
-    tls: Option<Spanned<toml::Value>>,
-    tls_address: Option<Spanned<toml::Value>>,
+    tls: Option<Spanned<RawTls>>,
+    tls_address: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Spanned<String>,
+    key: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStickyCookie {
+    name: Spanned<String>,
+    max_age: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -187,7 +245,7 @@ struct RawRouting {
     seed: Option<Spanned<i64>>,
     table_size: Option<Spanned<toml::Value>>,
     balance_factor: Option<Spanned<f64>>,
-    sticky_cookie: Option<Spanned<toml::Value>>,
+    sticky_cookie: Option<Spanned<RawStickyCookie>>,
 }
 
 #[derive(Deserialize)]
@@ -198,6 +256,7 @@ struct RawTimeouts {
     client_header_read: Option<Spanned<String>>,
     idle: Option<Spanned<String>>,
     shutdown_grace: Option<Spanned<String>>,
+    upgraded_idle: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -245,15 +304,37 @@ pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
 
     let listen = match raw.listen {
         Some(l) => {
-            if let Some(v) = l.tls.as_ref().or(l.tls_address.as_ref()) {
-                return Err(at(v.span(), "listen.tls is not supported yet".into()));
-            }
+            let address = socket_addr(&at, l.address.as_ref(), "127.0.0.1:8080")?;
+            let tls = l.tls.map(|t| tls_files(&at, t)).transpose()?;
+            let tls_address = match &l.tls_address {
+                None => None,
+                Some(a) if tls.is_none() => {
+                    return Err(at(
+                        a.span(),
+                        "listen.tls_address needs listen.tls = { cert, key }".into(),
+                    ))
+                }
+                Some(a) => {
+                    let addr = socket_addr(&at, Some(a), "")?;
+                    if addr == address {
+                        return Err(at(
+                            a.span(),
+                            format!("listen.tls_address and listen.address are both {addr}"),
+                        ));
+                    }
+                    Some(addr)
+                }
+            };
             Listen {
-                address: socket_addr(&at, l.address.as_ref(), "127.0.0.1:8080")?,
+                address,
+                tls,
+                tls_address,
             }
         }
         None => Listen {
             address: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls: None,
+            tls_address: None,
         },
     };
     let admin = Admin {
@@ -263,12 +344,12 @@ pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
             "127.0.0.1:9090",
         )?,
     };
-    if admin.address == listen.address {
+    if admin.address == listen.address || Some(admin.address) == listen.tls_address {
         return Err(at(
             0..0,
             format!(
-                "admin.address and listen.address are both {}",
-                listen.address
+                "admin.address and a listen address are both {}",
+                admin.address
             ),
         ));
     }
@@ -420,16 +501,19 @@ fn routing(at: &At<'_>, raw: Option<RawRouting>) -> Result<Routing, ConfigError>
             },
             seed: 0,
             balance_factor: None,
+            sticky_cookie: None,
         });
     };
-    for (name, value) in [
-        ("routing.table_size", &raw.table_size),
-        ("routing.sticky_cookie", &raw.sticky_cookie),
-    ] {
-        if let Some(v) = value {
-            return Err(at(v.span(), format!("{name} is not supported yet")));
-        }
+    if let Some(v) = &raw.table_size {
+        return Err(at(
+            v.span(),
+            "routing.table_size is not supported yet".into(),
+        ));
     }
+    let sticky_cookie = raw
+        .sticky_cookie
+        .map(|c| sticky_cookie(at, c))
+        .transpose()?;
     let key = match raw.key {
         None => default_keys(),
         Some(list) => list
@@ -511,6 +595,47 @@ fn routing(at: &At<'_>, raw: Option<RawRouting>) -> Result<Routing, ConfigError>
         algorithm: AlgorithmConfig::Ring { vnodes },
         seed,
         balance_factor,
+        sticky_cookie,
+    })
+}
+
+fn sticky_cookie(at: &At<'_>, raw: Spanned<RawStickyCookie>) -> Result<StickyCookie, ConfigError> {
+    let raw = raw.into_inner();
+    let name = raw.name.get_ref();
+    if name.is_empty() || !name.bytes().all(is_token_byte) {
+        return Err(at(
+            raw.name.span(),
+            format!("routing.sticky_cookie.name {name:?} is not a valid cookie name"),
+        ));
+    }
+    let max_age = duration(
+        at,
+        &raw.max_age,
+        "routing.sticky_cookie.max_age",
+        DEFAULT_COOKIE_MAX_AGE,
+        false,
+    )?;
+    Ok(StickyCookie {
+        name: name.clone(),
+        max_age,
+    })
+}
+
+fn tls_files(at: &At<'_>, raw: Spanned<RawTls>) -> Result<TlsFiles, ConfigError> {
+    let raw = raw.into_inner();
+    let path = |v: &Spanned<String>, name: &str| {
+        if v.get_ref().trim().is_empty() {
+            Err(at(
+                v.span(),
+                format!("listen.tls.{name} must be a file path"),
+            ))
+        } else {
+            Ok(PathBuf::from(v.get_ref()))
+        }
+    };
+    Ok(TlsFiles {
+        cert: path(&raw.cert, "cert")?,
+        key: path(&raw.key, "key")?,
     })
 }
 
@@ -558,6 +683,7 @@ fn timeouts(at: &At<'_>, raw: Option<RawTimeouts>) -> Result<Timeouts, ConfigErr
         client_header_read: None,
         idle: None,
         shutdown_grace: None,
+        upgraded_idle: None,
     });
     let d = |v: &Option<Spanned<String>>, name: &str, default: u64, zero_ok: bool| {
         let name = format!("timeouts.{name}");
@@ -569,6 +695,7 @@ fn timeouts(at: &At<'_>, raw: Option<RawTimeouts>) -> Result<Timeouts, ConfigErr
         client_header_read: d(&raw.client_header_read, "client_header_read", 10, false)?,
         idle: d(&raw.idle, "idle", 60, false)?,
         shutdown_grace: d(&raw.shutdown_grace, "shutdown_grace", 30, true)?,
+        upgraded_idle: d(&raw.upgraded_idle, "upgraded_idle", 3600, false)?,
     })
 }
 
@@ -773,9 +900,20 @@ mod tests {
         assert_eq!(e.line, 3, "{e}");
         assert!(err("").message.contains("pool is empty"));
         let e = err(&format!(
-            "[routing]\nsticky_cookie = {{ name = \"x\" }}\n{ONE}"
+            "[routing]\nsticky_cookie = {{ name = \"a b\" }}\n{ONE}"
         ));
-        assert!(e.message.contains("not supported yet"), "{e}");
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.message.contains("not a valid cookie name"), "{e}");
+        let e = err(&format!(
+            "[routing]\nsticky_cookie = {{ name = \"sid\", max_age = \"soon\" }}\n{ONE}"
+        ));
+        assert!(e.message.contains("max_age"), "{e}");
+        let e = err(&format!(
+            "[listen]\ntls_address = \"127.0.0.1:8443\"\n{ONE}"
+        ));
+        assert_eq!((e.line, e.column), (2, 15), "{e}");
+        let e = err(&format!("[listen]\ntls = {{ cert = \"c.pem\" }}\n{ONE}"));
+        assert_eq!(e.line, 2, "{e}");
         let e = err(&format!("[health]\nfall = 0\n{ONE}"));
         assert_eq!((e.line, e.column), (2, 8), "{e}");
         let e = err(&format!("[limits]\nmax_request_header_bytes = 100\n{ONE}"));
@@ -785,6 +923,42 @@ mod tests {
         assert_eq!(
             e.to_string(),
             format!("t.toml:{}:{}: {}", e.line, e.column, e.message)
+        );
+    }
+
+    #[test]
+    fn tls_and_sticky_cookie_parse() {
+        let c = from_toml_str(
+            &format!(
+                "[listen]\naddress = \"127.0.0.1:80\"\ntls = {{ cert = \"tls/c.pem\", key = \"/k.pem\" }}\n\
+                 [routing]\nsticky_cookie = {{ name = \"lb\" }}\n[timeouts]\nupgraded_idle = \"5m\"\n{ONE}"
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        let tls = c.listen.tls.as_ref().unwrap();
+        assert_eq!(tls.cert, PathBuf::from("tls/c.pem"));
+        assert_eq!(tls.key, PathBuf::from("/k.pem"));
+        assert_eq!(c.listen.tls_listener(), Some(c.listen.address));
+        assert_eq!(c.listen.plain_listener(), None);
+        let cookie = c.routing.sticky_cookie.unwrap();
+        assert_eq!(
+            (cookie.name.as_str(), cookie.max_age),
+            ("lb", DEFAULT_COOKIE_MAX_AGE)
+        );
+        assert_eq!(c.timeouts.upgraded_idle, Duration::from_secs(300));
+        let c = from_toml_str(ONE, "t.toml").unwrap();
+        assert_eq!(c.timeouts.upgraded_idle, Duration::from_secs(3600));
+        assert_eq!(c.listen.plain_listener(), Some(c.listen.address));
+        let both = from_toml_str(
+            &format!("[listen]\ntls = {{ cert = \"c\", key = \"k\" }}\ntls_address = \"127.0.0.1:8443\"\n{ONE}"),
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(both.listen.plain_listener(), Some(both.listen.address));
+        assert_eq!(
+            both.listen.tls_listener(),
+            Some("127.0.0.1:8443".parse().unwrap())
         );
     }
 

@@ -1,5 +1,6 @@
 //! The client id of a request, from a header, a cookie, a query parameter or
-//! the peer address. Borrows from the request; never allocates.
+//! the peer address. Borrows from the request; never allocates. Also the
+//! generated ids of `routing.sticky_cookie`.
 
 use crate::config::{KeySource, MissingKey};
 use http::header::{HeaderName, COOKIE};
@@ -12,6 +13,8 @@ use std::net::IpAddr;
 pub struct KeySpec {
     sources: Box<[Source]>,
     missing: MissingKey,
+    /// A sticky cookie is configured: a key-less request gets a generated id.
+    generate: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -31,15 +34,18 @@ pub enum KeyKind {
     Query,
     ClientIp,
     Random,
+    /// A fresh id for the sticky cookie.
+    Generated,
 }
 
 impl KeyKind {
-    pub const ALL: [KeyKind; 5] = [
+    pub const ALL: [KeyKind; 6] = [
         KeyKind::Header,
         KeyKind::Cookie,
         KeyKind::Query,
         KeyKind::ClientIp,
         KeyKind::Random,
+        KeyKind::Generated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -49,6 +55,7 @@ impl KeyKind {
             KeyKind::Query => "query",
             KeyKind::ClientIp => "client_ip",
             KeyKind::Random => "random",
+            KeyKind::Generated => "generated",
         }
     }
 }
@@ -71,12 +78,93 @@ impl Key<'_> {
     }
 }
 
-/// The request has no key and the policy is `reject`.
+/// The request carries none of the key sources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rejected;
+pub enum NoKey {
+    /// The policy is `reject`.
+    Rejected,
+    /// A sticky cookie is configured: route by the connection's generated id.
+    Generate,
+}
+
+/// A generated client id: 128 random bits, base64url without padding.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct GeneratedId([u8; GENERATED_LEN]);
+
+const GENERATED_LEN: usize = 22;
+
+impl GeneratedId {
+    /// A fresh id from the operating system's secure random source.
+    pub fn new() -> Self {
+        let mut bits = [0u8; 16];
+        let random = rustls::crypto::ring::default_provider().secure_random;
+        if random.fill(&mut bits).is_err() {
+            // Not a secret, only an identity: a weaker source still routes.
+            tracing::warn!("secure random source failed; sticky id from a fast generator");
+            fastrand::fill(&mut bits);
+        }
+        Self::from_bits(bits)
+    }
+
+    /// `bits` encoded as base64url without padding.
+    pub fn from_bits(bits: [u8; 16]) -> Self {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = [0u8; GENERATED_LEN];
+        let mut acc: u32 = 0;
+        let mut nbits = 0;
+        let mut n = 0;
+        for b in bits {
+            acc = (acc << 8) | u32::from(b);
+            nbits += 8;
+            while nbits >= 6 {
+                nbits -= 6;
+                out[n] = ALPHABET[((acc >> nbits) & 63) as usize];
+                n += 1;
+            }
+        }
+        // 128 bits = 21 sextets + 2 bits, padded with zeros on the right.
+        out[n] = ALPHABET[((acc << (6 - nbits)) & 63) as usize];
+        GeneratedId(out)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII from the base64url alphabet is ever stored.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl Default for GeneratedId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for GeneratedId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 impl KeySpec {
-    pub fn new(sources: &[KeySource], missing: MissingKey) -> Result<Self, String> {
+    /// `sticky_cookie`: the cookie name, read as the last key source when
+    /// `sources` does not already list it.
+    pub fn new(
+        sources: &[KeySource],
+        missing: MissingKey,
+        sticky_cookie: Option<&str>,
+    ) -> Result<Self, String> {
+        let mut sources = sources.to_vec();
+        if let Some(name) = sticky_cookie {
+            let cookie = KeySource::Cookie(name.to_string());
+            if !sources.contains(&cookie) {
+                sources.push(cookie);
+            }
+        }
         let sources = sources
             .iter()
             .map(|s| {
@@ -91,17 +179,22 @@ impl KeySpec {
                 })
             })
             .collect::<Result<_, String>>()?;
-        Ok(KeySpec { sources, missing })
+        Ok(KeySpec {
+            sources,
+            missing,
+            generate: sticky_cookie.is_some(),
+        })
     }
 
-    /// The first configured source present in the request, else the
-    /// missing-key policy. Empty values count as absent.
+    /// The first configured source present in the request, else a generated
+    /// id (with a sticky cookie), else the missing-key policy. Empty values
+    /// count as absent.
     pub fn extract<'a>(
         &self,
         headers: &'a HeaderMap,
         uri: &'a Uri,
         peer: IpAddr,
-    ) -> Result<(KeyKind, Key<'a>), Rejected> {
+    ) -> Result<(KeyKind, Key<'a>), NoKey> {
         for source in self.sources.iter() {
             let found = match source {
                 Source::Header(name) => headers
@@ -122,6 +215,9 @@ impl KeySpec {
                 return Ok(found);
             }
         }
+        if self.generate {
+            return Err(NoKey::Generate);
+        }
         match self.missing {
             MissingKey::ClientIp => Ok((KeyKind::ClientIp, ip_key(peer))),
             MissingKey::Random => {
@@ -129,7 +225,7 @@ impl KeySpec {
                 buf[..8].copy_from_slice(&fastrand::u64(..).to_le_bytes());
                 Ok((KeyKind::Random, Key::Inline { buf, len: 8 }))
             }
-            MissingKey::Reject => Err(Rejected),
+            MissingKey::Reject => Err(NoKey::Rejected),
         }
     }
 }
@@ -193,7 +289,7 @@ mod tests {
     use super::*;
 
     fn spec(sources: &[KeySource], missing: MissingKey) -> KeySpec {
-        KeySpec::new(sources, missing).unwrap()
+        KeySpec::new(sources, missing, None).unwrap()
     }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -232,8 +328,47 @@ mod tests {
         let bare: Uri = "/p?u=".parse().unwrap();
         assert_eq!(
             s.extract(&HeaderMap::new(), &bare, PEER).err(),
-            Some(Rejected)
+            Some(NoKey::Rejected)
         );
+    }
+
+    #[test]
+    fn sticky_cookie_is_read_back_and_generated_otherwise() {
+        let s = KeySpec::new(
+            &[KeySource::Header("x-client-id".into())],
+            MissingKey::Reject,
+            Some("lb"),
+        )
+        .unwrap();
+        let uri: Uri = "/".parse().unwrap();
+        let h = headers(&[("cookie", "a=1; lb=abc")]);
+        let (kind, key) = s.extract(&h, &uri, PEER).unwrap();
+        assert_eq!((kind, key.as_bytes()), (KeyKind::Cookie, &b"abc"[..]));
+        assert_eq!(
+            s.extract(&HeaderMap::new(), &uri, PEER).err(),
+            Some(NoKey::Generate)
+        );
+    }
+
+    #[test]
+    fn generated_ids_are_url_safe_base64() {
+        assert_eq!(
+            GeneratedId::from_bits([0; 16]).as_str(),
+            "AAAAAAAAAAAAAAAAAAAAAA"
+        );
+        assert_eq!(
+            GeneratedId::from_bits([0xff; 16]).as_str(),
+            "_____________________w"
+        );
+        let mut bits = [0u8; 16];
+        bits[..3].copy_from_slice(b"Man");
+        assert!(GeneratedId::from_bits(bits).as_str().starts_with("TWFu"));
+        let (a, b) = (GeneratedId::new(), GeneratedId::new());
+        assert_ne!(a, b);
+        assert!(a
+            .as_bytes()
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_".contains(c)));
     }
 
     #[test]

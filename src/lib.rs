@@ -12,7 +12,10 @@
 //! - `health`: active probes with rise/fall; writes backend health only.
 //! - `error`: every failure the proxy answers itself -> status and body.
 //! - `proxy`: the request path: key -> pick -> rewrite -> forward -> finish.
-//! - `server`: accept loop, HTTP/1.1 + h2c, timeouts, graceful drain.
+//! - `tls`: certificate and key PEM files -> rustls server config (ALPN h2, http/1.1).
+//! - `server`: accept loop, TLS accept, HTTP/1.1 + HTTP/2 (h2c and ALPN h2),
+//!   timeouts, graceful drain.
+//! - `idle`: a stream wrapper that records activity, for idle timeouts.
 //! - `admin`: `/metrics`, `/healthz`, `/ring`, `/ring/lookup`.
 //! - `demo`: echo backends for `stickylb demo`.
 //!
@@ -32,6 +35,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod health;
+pub mod idle;
 pub mod key;
 pub mod metrics;
 pub mod proxy;
@@ -39,4 +43,5 @@ pub mod reload;
 pub mod ring;
 pub mod router;
 pub mod server;
+pub mod tls;
 pub mod upstream;

@@ -69,7 +69,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -99,6 +99,7 @@ fn load(path: &Path) -> Result<Config, Failure> {
 fn check(path: &Path) -> Result<(), Failure> {
     let config = load(path)?;
     let ring = ring_of(&config).map_err(|e| format!("{}: {e}", path.display()))?;
+    reload::load_tls(path, &config)?;
     let config::AlgorithmConfig::Ring { vnodes } = config.routing.algorithm;
     println!(
         "{}: ok, {} backends, algorithm ring ({vnodes} vnodes per weight), seed {}, fingerprint {:016x}",
@@ -158,9 +159,17 @@ fn serve(path: &Path, threads: Option<usize>, with_demo: bool) -> Result<(), Fai
         if with_demo {
             start_demo_backends(&config).await?;
         }
-        let listener = TcpListener::bind(config.listen.address)
-            .await
-            .map_err(|e| format!("cannot listen on {}: {e}", config.listen.address))?;
+        let mut listeners = Vec::new();
+        for (addr, transport) in [
+            (config.listen.plain_listener(), server::Transport::Plain),
+            (config.listen.tls_listener(), server::Transport::Tls),
+        ] {
+            let Some(addr) = addr else { continue };
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            listeners.push((listener, transport));
+        }
         let admin_listener = TcpListener::bind(config.admin.address).await.map_err(|e| {
             format!(
                 "cannot listen on admin address {}: {e}",
@@ -178,17 +187,34 @@ fn serve(path: &Path, threads: Option<usize>, with_demo: bool) -> Result<(), Fai
         let health_task = tokio::spawn(health::run(router.clone(), stopped(stop_rx.clone())));
         let reloader = Arc::new(Reloader::new(path, &config, router, metrics));
         let reload_task = reloader.start(stopped(stop_rx.clone()));
+        let urls: Vec<String> = listeners
+            .iter()
+            .filter_map(|(l, t)| {
+                let scheme = match t {
+                    server::Transport::Plain => "http",
+                    server::Transport::Tls => "https",
+                };
+                l.local_addr().ok().map(|a| format!("{scheme}://{a}"))
+            })
+            .collect();
         tracing::info!(
-            "listening on http://{} with {} backends; admin on http://{}",
-            config.listen.address,
+            "listening on {} with {} backends; admin on http://{}",
+            urls.join(" and "),
             config.backends.len(),
             config.admin.address
         );
-        let shutdown = async move {
-            shutdown_signal().await;
-            stop_tx.send_replace(true);
-        };
-        server::run(listener, proxy, shutdown).await?;
+        let servers: Vec<_> = listeners
+            .into_iter()
+            .map(|(listener, transport)| {
+                let stop = stopped(stop_rx.clone());
+                tokio::spawn(server::run_with(listener, proxy.clone(), transport, stop))
+            })
+            .collect();
+        shutdown_signal().await;
+        stop_tx.send_replace(true);
+        for s in servers {
+            s.await.map_err(|e| format!("server task failed: {e}"))??;
+        }
         for task in [admin_task, reload_task, health_task] {
             if let Err(e) = task.await {
                 tracing::warn!("background task ended abnormally: {e}");

@@ -1,11 +1,14 @@
 //! The request path, in named phases run in a fixed order:
 //! key -> pick -> rewrite -> forward -> finish. Bodies stream through in both
-//! directions; nothing here knows about TOML or files.
+//! directions; an upgrade (WebSocket) that the backend accepts with 101
+//! becomes a byte tunnel. Nothing here knows about TOML or files.
 
 use crate::backend::{Backend, InFlight};
+use crate::config::StickyCookie;
 use crate::config::{Log, LogFormat};
 use crate::error::ProxyError;
-use crate::key::{KeyKind, Rejected};
+use crate::idle::{self, Activity, Tracked};
+use crate::key::{GeneratedId, Key, KeyKind, NoKey};
 use crate::metrics::Metrics;
 use crate::router::{Reason, Router};
 use crate::upstream::{ConnectError, SendError, UpstreamBody};
@@ -19,7 +22,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use prometheus::IntCounter;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicI64;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// What the proxy answers with: the backend's streamed body, or a short
@@ -32,6 +35,21 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// `http` or `https`, for `X-Forwarded-Proto`.
     pub scheme: &'static str,
+}
+
+/// State shared by the requests of one client connection.
+#[derive(Debug, Default)]
+pub struct ConnState {
+    /// The sticky id generated for this connection's key-less requests; a
+    /// `OnceLock` so parallel HTTP/2 streams agree on one, made only when
+    /// the first key-less request needs it.
+    sticky_id: OnceLock<GeneratedId>,
+}
+
+impl ConnState {
+    fn sticky_id(&self) -> &GeneratedId {
+        self.sticky_id.get_or_init(GeneratedId::new)
+    }
 }
 
 pub struct Proxy {
@@ -58,6 +76,9 @@ struct Picked {
     /// `health.fall` when health checks run: connect failures count too.
     fall: Option<u32>,
     log: Log,
+    /// Set when the key was generated: the cookie to set on the response.
+    set_cookie: Option<(Arc<StickyCookie>, GeneratedId)>,
+    upgraded_idle: Duration,
 }
 
 /// A backend's response body streamed to the client; the backend counts
@@ -129,9 +150,14 @@ impl Proxy {
     }
 
     /// Serves one client request.
-    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+    pub async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        conn: ConnInfo,
+        state: &ConnState,
+    ) -> Response<ProxyBody> {
         let start = Instant::now();
-        let picked = match self.pick(&req, conn) {
+        let picked = match self.pick(&req, conn, state) {
             Ok(picked) => picked,
             Err(e) => {
                 log_error(e, None, req.method(), req.uri().path());
@@ -141,17 +167,43 @@ impl Proxy {
         // Cheap copies (no allocation) for the log lines after the request is sent.
         let method = req.method().clone();
         let path = req.uri().path_and_query().cloned();
-        let req = rewrite(req, picked.in_flight.backend(), conn);
+        // An upgrade keeps its `Upgrade` value; the client side's upgraded
+        // stream is taken before the request moves on.
+        let upgrade = upgrade_of(&req).map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
+        let mut req = rewrite(req, picked.in_flight.backend(), conn);
+        if let Some((protocol, _)) = &upgrade {
+            set_upgrade(req.headers_mut(), protocol.clone());
+        }
         let (hash, fall, timeout) = (picked.hash, picked.fall, picked.response_timeout);
         let (source, log) = (picked.source, picked.log);
         let result = self
             .forward(req, picked.in_flight, hash, fall, timeout)
             .await;
         let path = path.as_ref().map_or("/", |p| p.path());
-        let (resp, backend) = match result {
-            Ok((resp, backend, in_flight)) => {
+        let (mut resp, backend) = match result {
+            Ok((mut resp, backend, in_flight)) => {
+                let switched = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+                let tunnel = match upgrade {
+                    Some((_, client)) if switched => {
+                        let upstream = hyper::upgrade::on(&mut resp);
+                        let protocol = resp.headers().get(header::UPGRADE).cloned();
+                        Some((client, upstream, protocol))
+                    }
+                    _ => None,
+                };
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
+                if let Some((client, upstream, protocol)) = tunnel {
+                    if let Some(protocol) = protocol {
+                        set_upgrade(&mut parts.headers, protocol);
+                    }
+                    tokio::spawn(tunnel_bytes(
+                        client,
+                        upstream,
+                        picked.upgraded_idle,
+                        backend.name.clone(),
+                    ));
+                }
                 let body = Streamed {
                     body,
                     _in_flight: in_flight,
@@ -163,6 +215,9 @@ impl Proxy {
                 (error_response(e), backend)
             }
         };
+        if let Some((cookie, id)) = &picked.set_cookie {
+            set_cookie(resp.headers_mut(), cookie, id, conn.scheme == "https");
+        }
         let status = resp.status().as_u16();
         backend.metrics.request(status);
         backend
@@ -186,11 +241,24 @@ impl Proxy {
 
     /// Phases key + pick: the request's key, hashed, looked up in the live
     /// snapshot. The snapshot guard is released before returning.
-    fn pick(&self, req: &Request<Incoming>, conn: ConnInfo) -> Result<Picked, ProxyError> {
+    fn pick(
+        &self,
+        req: &Request<Incoming>,
+        conn: ConnInfo,
+        state: &ConnState,
+    ) -> Result<Picked, ProxyError> {
         let snap = self.router.load();
+        let mut set_cookie = None;
         let (source, key) = match snap.keys.extract(req.headers(), req.uri(), conn.peer.ip()) {
             Ok(found) => found,
-            Err(Rejected) => {
+            Err(NoKey::Generate) => {
+                let id = state.sticky_id();
+                if let Some(cookie) = &snap.sticky_cookie {
+                    set_cookie = Some((cookie.clone(), *id));
+                }
+                (KeyKind::Generated, Key::Borrowed(id.as_bytes()))
+            }
+            Err(NoKey::Rejected) => {
                 self.key_rejected.inc();
                 return Err(ProxyError::MissingKey);
             }
@@ -211,6 +279,8 @@ impl Proxy {
             response_timeout: snap.timeouts.response_headers,
             fall: snap.health.as_ref().map(|h| h.fall),
             log: snap.log,
+            set_cookie,
+            upgraded_idle: snap.timeouts.upgraded_idle,
         })
     }
 
@@ -339,6 +409,76 @@ fn rewrite(req: Request<Incoming>, backend: &Backend, conn: ConnInfo) -> Request
     let mut req = Request::from_parts(parts, body);
     retarget(&mut req, backend);
     req
+}
+
+/// The `Upgrade` value of an HTTP/1.1 upgrade request (`Connection:
+/// upgrade` plus `Upgrade`), before the hop-by-hop headers go.
+fn upgrade_of(req: &Request<Incoming>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let asks = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| req.headers().get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// `Connection: upgrade` and `Upgrade: protocol`, for the next hop.
+fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
+}
+
+/// `Set-Cookie` for a generated sticky id.
+fn set_cookie(headers: &mut HeaderMap, cookie: &StickyCookie, id: &GeneratedId, secure: bool) {
+    let value = format!(
+        "{}={}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",
+        cookie.name,
+        id.as_str(),
+        cookie.max_age.as_secs(),
+        if secure { "; Secure" } else { "" }
+    );
+    // The name is a validated token and the id base64url: always a valid value.
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.append(header::SET_COOKIE, v);
+    }
+}
+
+/// Copies bytes both ways between the upgraded client and backend
+/// connections until either side closes or nothing moves for `idle`.
+async fn tunnel_bytes(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    idle: Duration,
+    backend: Arc<str>,
+) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(both) => both,
+        Err(e) => {
+            tracing::debug!(backend = &*backend, "upgrade failed: {e}");
+            return;
+        }
+    };
+    let activity = Arc::new(Activity::new());
+    let mut client = Tracked {
+        inner: hyper_util::rt::TokioIo::new(client),
+        activity: activity.clone(),
+    };
+    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+    tokio::select! {
+        res = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match res {
+            Ok((up, down)) => tracing::debug!(backend = &*backend, up, down, "upgraded connection closed"),
+            Err(e) => tracing::debug!(backend = &*backend, "upgraded connection ended: {e}"),
+        },
+        () = idle::until_idle(&activity, idle) => {
+            tracing::debug!(backend = &*backend, "closing upgraded connection idle for {idle:?}");
+        }
+    }
 }
 
 /// Points the request at `backend`, keeping its path and query.

@@ -8,6 +8,7 @@ use crate::config::{self, Config};
 use crate::metrics::Metrics;
 use crate::ring::Ring;
 use crate::router::{ring_of, Router, Snapshot};
+use crate::tls;
 use notify::{EventKind, RecursiveMode, Watcher};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -51,39 +52,73 @@ pub struct Reloader {
     router: Arc<Router>,
     metrics: Arc<Metrics>,
     /// Addresses bound at start-up: changing them needs a restart.
-    listen: SocketAddr,
+    listen: Option<SocketAddr>,
     admin: SocketAddr,
-    /// Hash of the file bytes last applied, to skip events that changed nothing.
+    tls_listener: Option<SocketAddr>,
+    /// Hash of the file bytes (and certificate files) last applied, to skip
+    /// events that changed nothing.
     applied: AtomicU64,
+    /// The certificate files of the config last applied.
+    tls_files: Mutex<Option<config::TlsFiles>>,
     /// Serialises reloads (watcher and SIGHUP); never touched by requests.
     busy: Mutex<()>,
     status: watch::Sender<Status>,
 }
 
-/// Reads and validates the config, then builds the first snapshot and
-/// publishes it in the metrics.
+/// Reads and validates the config (and its certificate files), then builds
+/// the first snapshot and publishes it in the metrics.
 pub fn load_initial(path: &Path, metrics: &Metrics) -> Result<(Config, Snapshot), String> {
     let text = read(path)?;
     let config =
         config::from_toml_str(&text, &path.display().to_string()).map_err(|e| e.to_string())?;
-    let snap =
-        Snapshot::build(&config, None, metrics).map_err(|e| format!("{}: {e}", path.display()))?;
+    let tls = load_tls(path, &config)?;
+    let snap = Snapshot::build(&config, None, metrics)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .with_tls(tls);
     publish(metrics, &snap, None);
     Ok((config, snap))
+}
+
+/// The TLS server config of `config` (read from `config_path`), if it has
+/// `listen.tls`; relative certificate paths start at the file's directory.
+pub fn load_tls(
+    config_path: &Path,
+    config: &Config,
+) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
+    config
+        .listen
+        .tls
+        .as_ref()
+        .map(|files| tls::load(&tls::resolve(files, tls::base_dir(config_path))))
+        .transpose()
 }
 
 fn read(path: &Path) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
-fn text_hash(text: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(text.as_bytes())
+/// A hash of the config text and the bytes of the certificate files it
+/// names, so a renewed certificate in the watched directory is a change.
+fn input_hash(config_path: &Path, text: &str, tls: Option<&config::TlsFiles>) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(text.as_bytes());
+    if let Some(files) = tls {
+        let files = tls::resolve(files, tls::base_dir(config_path));
+        for file in [&files.cert, &files.key] {
+            // Unreadable now: hash nothing; the reload itself reports it.
+            h.update(&std::fs::read(file).unwrap_or_default());
+        }
+    }
+    h.digest()
 }
 
 impl Reloader {
     /// `config` is the one the running proxy started with (from `load_initial`).
     pub fn new(path: &Path, config: &Config, router: Arc<Router>, metrics: Arc<Metrics>) -> Self {
-        let applied = read(path).map(|t| text_hash(&t)).unwrap_or(0);
+        let tls_files = config.listen.tls.clone();
+        let applied = read(path)
+            .map(|t| input_hash(path, &t, tls_files.as_ref()))
+            .unwrap_or(0);
         let (status, _) = watch::channel(Status {
             attempts: 0,
             last: Outcome::Unchanged,
@@ -92,9 +127,11 @@ impl Reloader {
             path: path.to_path_buf(),
             router,
             metrics,
-            listen: config.listen.address,
+            listen: Some(config.listen.address),
             admin: config.admin.address,
+            tls_listener: config.listen.tls_listener(),
             applied: AtomicU64::new(applied),
+            tls_files: Mutex::new(tls_files),
             busy: Mutex::new(()),
             status,
         }
@@ -130,8 +167,15 @@ impl Reloader {
             Ok(t) => t,
             Err(e) => return Outcome::Failed(e),
         };
-        let hash = text_hash(&text);
-        if !force && hash == self.applied.load(Ordering::Relaxed) {
+        let applied_tls = self
+            .tls_files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if !force
+            && input_hash(&self.path, &text, applied_tls.as_ref())
+                == self.applied.load(Ordering::Relaxed)
+        {
             return Outcome::Unchanged;
         }
         let origin = self.path.display().to_string();
@@ -139,17 +183,41 @@ impl Reloader {
             Ok(c) => c,
             Err(e) => return Outcome::Failed(e.to_string()),
         };
+        let hash = input_hash(&self.path, &text, config.listen.tls.as_ref());
+        let tls = match load_tls(&self.path, &config) {
+            Ok(t) => t,
+            Err(e) => return Outcome::Failed(e),
+        };
+        if self.tls_listener.is_some() != tls.is_some() {
+            return Outcome::Failed(format!(
+                "{origin}: adding or removing listen.tls needs a restart"
+            ));
+        }
         let old = self.router.load_full();
         let snap = match Snapshot::build(&config, Some(&old), &self.metrics) {
-            Ok(s) => s,
+            Ok(s) => s.with_tls(tls),
             Err(e) => return Outcome::Failed(format!("{origin}: {e}")),
         };
         for (what, now, configured) in [
-            ("listen.address", self.listen, config.listen.address),
-            ("admin.address", self.admin, config.admin.address),
+            ("listen.address", self.listen, Some(config.listen.address)),
+            (
+                "admin.address",
+                Some(self.admin),
+                Some(config.admin.address),
+            ),
+            (
+                "the TLS listen address",
+                self.tls_listener,
+                config.listen.tls_listener(),
+            ),
         ] {
             if now != configured {
-                tracing::warn!("{what} changed from {now} to {configured}: restart stickylb to apply it; the rest of the file is applied");
+                let show = |a: Option<SocketAddr>| a.map_or("none".to_string(), |a| a.to_string());
+                tracing::warn!(
+                    "{what} changed from {} to {}: restart stickylb to apply it; the rest of the file is applied",
+                    show(now),
+                    show(configured)
+                );
             }
         }
         let routing_changed = snap.generation != old.generation;
@@ -163,6 +231,7 @@ impl Reloader {
         publish(&self.metrics, &snap, Some((&old, moved)));
         self.router.store(snap);
         self.applied.store(hash, Ordering::Relaxed);
+        *self.tls_files.lock().unwrap_or_else(|p| p.into_inner()) = config.listen.tls.clone();
         if routing_changed {
             tracing::info!(
                 "generation {generation}: {line}, {:.1}% of keyspace changed owner",

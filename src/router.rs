@@ -3,7 +3,7 @@
 //! request sees either the old pool or the new one, never half of each.
 
 use crate::backend::{Backend, InFlight, UpstreamOptions};
-use crate::config::{AlgorithmConfig, Config, HealthConfig, Limits, Log, Timeouts};
+use crate::config::{AlgorithmConfig, Config, HealthConfig, Limits, Log, StickyCookie, Timeouts};
 use crate::key::KeySpec;
 use crate::metrics::Metrics;
 use crate::ring::{Algorithm, Member, Ring};
@@ -26,6 +26,11 @@ pub struct Snapshot {
     pub limits: Limits,
     pub balance_factor: Option<f64>,
     pub log: Log,
+    /// `routing.sticky_cookie`, if configured.
+    pub sticky_cookie: Option<Arc<StickyCookie>>,
+    /// The TLS config new connections on a TLS listener handshake with;
+    /// here so a reload swaps certificates with everything else.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The ring of the generation before this one, to tell which requests'
     /// keys changed owner.
     previous: Option<Previous>,
@@ -103,7 +108,15 @@ impl Snapshot {
             backends.push(backend);
         }
         let ring = Arc::new(build_ring(config, members)?);
-        let keys = KeySpec::new(&config.routing.key, config.routing.missing_key)?;
+        let keys = KeySpec::new(
+            &config.routing.key,
+            config.routing.missing_key,
+            config
+                .routing
+                .sticky_cookie
+                .as_ref()
+                .map(|c| c.name.as_str()),
+        )?;
 
         let (generation, previous_ring) = match previous {
             None => (1, None),
@@ -126,8 +139,17 @@ impl Snapshot {
             limits: config.limits,
             balance_factor: config.routing.balance_factor,
             log: config.log,
+            sticky_cookie: config.routing.sticky_cookie.clone().map(Arc::new),
+            tls: None,
             previous,
         })
+    }
+
+    /// The snapshot with the TLS config (read from the certificate files)
+    /// that new TLS connections use.
+    pub fn with_tls(mut self, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Picks the backend for a key hash and counts the request in flight

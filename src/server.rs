@@ -1,8 +1,10 @@
-//! The accept loop and client connections: HTTP/1.1 and h2c (detected per
-//! connection), header-read and idle timeouts, and a bounded graceful drain.
+//! The accept loop and client connections: plain (HTTP/1.1 and h2c,
+//! detected per connection) or TLS (HTTP/2 or HTTP/1.1 by ALPN), handshake,
+//! header-read and idle timeouts, and a bounded graceful drain.
 
-use crate::config::MIN_HEADER_BYTES;
-use crate::proxy::{ConnInfo, Proxy};
+use crate::config::{Limits, Timeouts, MIN_HEADER_BYTES};
+use crate::idle::{Activity, Tracked};
+use crate::proxy::{ConnInfo, ConnState, Proxy};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -10,15 +12,22 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// HTTP/1.1 and h2c.
+    Plain,
+    /// TLS with the live snapshot's certificate, then HTTP/2 or HTTP/1.1 by ALPN.
+    Tls,
+}
 
 /// What connections are told to do; a `watch` because every connection
 /// task must see the latest state, not a queue of events.
@@ -29,12 +38,24 @@ enum Phase {
     Drain,
 }
 
-/// Runs the proxy on `listener` until `shutdown` resolves, then drains:
-/// in-flight requests get `timeouts.shutdown_grace` to finish, after which
-/// the remaining connections are closed.
+/// Runs the proxy on `listener` (plain HTTP) until `shutdown` resolves,
+/// then drains: in-flight requests get `timeouts.shutdown_grace` to finish,
+/// after which the remaining connections are closed.
 pub async fn run(
     listener: TcpListener,
     proxy: Arc<Proxy>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    run_with(listener, proxy, Transport::Plain, shutdown).await
+}
+
+/// As `run`, for a listener speaking `transport`. With `Transport::Tls`,
+/// each new connection handshakes with the certificate of the snapshot live
+/// at that moment. Each listener has its own `max_connections`.
+pub async fn run_with(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    transport: Transport,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let (phase_tx, phase_rx) = watch::channel(Phase::Serve);
@@ -74,7 +95,7 @@ pub async fn run(
                         _open: OpenGuard::new(&open),
                         _slot: permit,
                     };
-                    tokio::spawn(conn.serve(stream, peer));
+                    tokio::spawn(conn.serve(stream, peer, transport));
                 }
                 Err(e) => {
                     // Out of file descriptors or a connection reset before
@@ -118,22 +139,84 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve(mut self, stream: TcpStream, peer: SocketAddr) {
+    async fn serve(mut self, stream: TcpStream, peer: SocketAddr, transport: Transport) {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, "set_nodelay: {e}");
         }
-        let (timeouts, limits) = {
+        let (timeouts, limits, tls) = {
             let snap = self.proxy.router().load();
-            (snap.timeouts.clone(), snap.limits)
+            (snap.timeouts.clone(), snap.limits, snap.tls.clone())
         };
+        let activity = Arc::new(Activity::new());
+        let tracked = Tracked {
+            inner: stream,
+            activity: activity.clone(),
+        };
+        match transport {
+            Transport::Plain => {
+                let io = TokioIo::new(tracked);
+                self.serve_http(io, peer, "http", None, activity, &timeouts, limits)
+                    .await;
+            }
+            Transport::Tls => {
+                let Some(tls) = tls else {
+                    tracing::warn!(%peer, "TLS listener without a certificate: closing");
+                    return;
+                };
+                let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(tracked);
+                let stream = tokio::select! {
+                    res = tokio::time::timeout(timeouts.client_header_read, handshake) => match res {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, "TLS handshake failed: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    },
+                    _ = self.phase.wait_for(|p| *p == Phase::Drain) => return,
+                };
+                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                let io = TokioIo::new(stream);
+                self.serve_http(io, peer, "https", Some(h2), activity, &timeouts, limits)
+                    .await;
+            }
+        }
+    }
+
+    /// Serves HTTP on an established stream; `alpn_h2` is what ALPN chose
+    /// on a TLS stream (`None`: plain, detect HTTP/2 by its preface).
+    #[allow(clippy::too_many_arguments)]
+    async fn serve_http<S>(
+        mut self,
+        io: TokioIo<S>,
+        peer: SocketAddr,
+        scheme: &'static str,
+        alpn_h2: Option<bool>,
+        activity: Arc<Activity>,
+        timeouts: &Timeouts,
+        limits: Limits,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let header_bytes = limits.max_request_header_bytes.max(MIN_HEADER_BYTES);
         let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder = match alpn_h2 {
+            None => builder,
+            Some(true) => builder.http2_only(),
+            Some(false) => builder.http1_only(),
+        };
         builder
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(timeouts.client_header_read)
             .max_buf_size(header_bytes)
             .keep_alive(true);
+        // HTTP/2 limits: concurrent streams and header list size bounded;
+        // streams reset by the client before being served (rapid reset) and
+        // local error resets are capped, past which the connection is closed.
         builder
             .http2()
             .timer(TokioTimer::new())
@@ -142,19 +225,14 @@ impl Connection {
             .max_pending_accept_reset_streams(Some(64))
             .max_local_error_reset_streams(Some(256));
 
-        let activity = Arc::new(Activity::new());
-        let io = TokioIo::new(Tracked {
-            inner: stream,
-            activity: activity.clone(),
-        });
-        let info = ConnInfo {
-            peer,
-            scheme: "http",
-        };
+        let info = ConnInfo { peer, scheme };
+        // Shared by the connection's requests: one generated sticky id.
+        let state = Arc::new(ConnState::default());
         let proxy = self.proxy.clone();
         let service = service_fn(move |req| {
             let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, info).await) }
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(req, info, &state).await) }
         });
         let conn = builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
@@ -205,89 +283,5 @@ impl OpenGuard {
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// When a connection last moved a byte; an atomic because hyper's IO and
-/// the idle timer share it.
-struct Activity {
-    start: Instant,
-    millis: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Activity {
-            start: Instant::now(),
-            millis: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        let ms = self.start.elapsed().as_millis() as u64;
-        self.millis.store(ms, Ordering::Relaxed);
-    }
-
-    fn last(&self) -> Instant {
-        self.start + Duration::from_millis(self.millis.load(Ordering::Relaxed))
-    }
-}
-
-/// A stream that records its activity for the idle timeout.
-struct Tracked<S> {
-    inner: S,
-    activity: Arc<Activity>,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() != before {
-            self.activity.touch();
-        }
-        res
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        res
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        res
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -95,9 +95,9 @@ fn check_errors_name_the_line() {
             "host:port",
         ),
         (
-            format!("[routing]\nsticky_cookie = {{ name = \"id\" }}\n{b}"),
+            format!("[routing]\nsticky_cookie = {{ name = \"my id\" }}\n{b}"),
             2,
-            "not supported yet",
+            "not a valid cookie name",
         ),
         (
             format!("[health]\ninterval = \"0s\"\n{b}"),
@@ -179,4 +179,36 @@ async fn route_agrees_with_the_proxy() {
         let served = backend_for(&client, proxy.addr, key).await;
         assert_eq!(line, format!("{key} -> {served}"));
     }
+}
+
+#[test]
+fn check_names_a_missing_or_invalid_certificate_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = "[listen]\ntls = { cert = \"tls/cert.pem\", key = \"tls/key.pem\" }\n";
+    let path = write_config(&dir, &format!("{listen}{GOOD}"));
+    let cert = dir.path().join("tls").join("cert.pem");
+
+    let out = stickylb(&["check", "--config", &path]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&*cert.to_string_lossy()), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one sentence: {stderr:?}");
+
+    std::fs::create_dir(dir.path().join("tls")).unwrap();
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(dir.path().join("tls").join("key.pem"), key.serialize_pem()).unwrap();
+    let out = stickylb(&["check", "--config", &path]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&*cert.to_string_lossy()), "{stderr}");
+
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(&cert, params.self_signed(&key).unwrap().pem()).unwrap();
+    let out = stickylb(&["check", "--config", &path]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

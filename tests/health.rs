@@ -166,7 +166,11 @@ async fn killing_a_backend_under_load_loses_nothing() {
         )
         .unwrap()
             >= 1.0,
-        "connect failures were seen and retried"
+        "connect failures were seen and retried: {}",
+        m.lines()
+            .filter(|l| l.contains(dead.as_str()) && !l.contains("bucket"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert_eq!(
         metric(

@@ -19,6 +19,7 @@ use stickylb::config;
 use stickylb::metrics::Metrics;
 use stickylb::proxy::Proxy;
 use stickylb::router::{Router, Snapshot};
+use stickylb::server::Transport;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -191,6 +192,10 @@ async fn backend_reply(
         "x-backend",
         HeaderValue::from_str(&name).expect("test names are ASCII"),
     );
+    if state.closing.load(Relaxed) {
+        resp.headers_mut()
+            .insert("connection", HeaderValue::from_static("close"));
+    }
     resp
 }
 
@@ -320,6 +325,15 @@ pub async fn spawn_proxy(config_text: &str) -> TestProxy {
 
 /// Serves an existing router (a reload test's) on fresh listeners.
 pub async fn start_proxy(router: Arc<Router>, metrics: Arc<Metrics>) -> TestProxy {
+    start_proxy_with(router, metrics, Transport::Plain).await
+}
+
+/// Serves an existing router with its listener speaking `transport`.
+pub async fn start_proxy_with(
+    router: Arc<Router>,
+    metrics: Arc<Metrics>,
+    transport: Transport,
+) -> TestProxy {
     let proxy = Arc::new(Proxy::new(router.clone(), metrics.clone()));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
     let addr = listener.local_addr().expect("proxy addr");
@@ -331,7 +345,7 @@ pub async fn start_proxy(router: Arc<Router>, metrics: Arc<Metrics>) -> TestProx
     });
     let tasks = vec![
         tokio::spawn(async move {
-            stickylb::server::run(listener, proxy, std::future::pending())
+            stickylb::server::run_with(listener, proxy, transport, std::future::pending())
                 .await
                 .expect("server runs");
         }),
@@ -514,4 +528,259 @@ impl Load {
         }
         (self.sent.load(Relaxed), self.failed.load(Relaxed))
     }
+}
+
+// ---- TLS -----------------------------------------------------------------
+
+/// A test certificate authority; leaves it signs are valid for `localhost`
+/// and 127.0.0.1.
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pub der: rustls::pki_types::CertificateDer<'static>,
+}
+
+/// A leaf certificate with its chain and key, as PEM text.
+pub struct TestCert {
+    /// Leaf, then the CA.
+    pub chain_pem: String,
+    pub key_pem: String,
+    pub leaf: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl TestCa {
+    pub fn new() -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "stickylb test CA");
+        let key = rcgen::KeyPair::generate().expect("ca key");
+        let cert = params.self_signed(&key).expect("ca cert");
+        TestCa {
+            der: cert.der().clone(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A new leaf (new key, so every call gives a different certificate).
+    pub fn leaf(&self) -> TestCert {
+        let params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .expect("leaf params");
+        let key = rcgen::KeyPair::generate().expect("leaf key");
+        let cert = params.signed_by(&key, &self.issuer).expect("leaf cert");
+        let ca_pem = pem_of(&self.der);
+        TestCert {
+            chain_pem: format!("{}{ca_pem}", cert.pem()),
+            key_pem: key.serialize_pem(),
+            leaf: cert.der().clone(),
+        }
+    }
+}
+
+fn pem_of(der: &[u8]) -> String {
+    // Base64 by hand keeps the dependency list short.
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::new();
+    for chunk in der.chunks(3) {
+        let n = chunk.len();
+        let v = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= n {
+                b64.push(T[((v >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).expect("ascii"));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+impl TestCert {
+    /// Writes `cert.pem` and `key.pem` into `dir`.
+    pub fn write(&self, dir: &std::path::Path) {
+        std::fs::create_dir_all(dir).expect("tls dir");
+        std::fs::write(dir.join("cert.pem"), &self.chain_pem).expect("write cert");
+        std::fs::write(dir.join("key.pem"), &self.key_pem).expect("write key");
+    }
+}
+
+/// One HTTPS client connection, speaking what ALPN chose.
+pub enum HttpsConn {
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+pub type TlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// A TLS connection to `addr` (as `localhost`) that trusts `ca`, offering `alpn`.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    ca: &rustls::pki_types::CertificateDer<'static>,
+    alpn: &[&[u8]],
+) -> TlsStream {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).expect("trust the test CA");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect proxy");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp),
+    )
+    .await
+    .expect("handshake within 10 s")
+    .expect("TLS handshake")
+}
+
+/// A new HTTPS connection to `addr` that trusts `ca`, offering `alpn`; also
+/// the certificate the server presented.
+pub async fn https_connect(
+    addr: SocketAddr,
+    ca: &rustls::pki_types::CertificateDer<'static>,
+    alpn: &[&[u8]],
+) -> (HttpsConn, rustls::pki_types::CertificateDer<'static>) {
+    let tls = tls_connect(addr, ca, alpn).await;
+    let (_, session) = tls.get_ref();
+    let presented = session.peer_certificates().expect("server certificate")[0].clone();
+    let h2 = session.alpn_protocol() == Some(b"h2");
+    let io = TokioIo::new(tls);
+    let conn = if h2 {
+        let (tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .expect("h2 handshake");
+        tokio::spawn(conn);
+        HttpsConn::H2(tx)
+    } else {
+        let (tx, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .expect("http1 handshake");
+        tokio::spawn(conn);
+        HttpsConn::H1(tx)
+    };
+    (conn, presented)
+}
+
+impl HttpsConn {
+    pub fn is_h2(&self) -> bool {
+        matches!(self, HttpsConn::H2(_))
+    }
+
+    /// GET `path` with `headers` on this connection and read the reply.
+    pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut b = match self {
+            HttpsConn::H1(_) => Request::get(path).header("host", "localhost"),
+            HttpsConn::H2(_) => Request::get(format!("https://localhost{path}")),
+        };
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b.body(Full::new(Bytes::new())).expect("request");
+        tokio::time::timeout(Duration::from_secs(10), async {
+            let resp = match self {
+                HttpsConn::H1(tx) => {
+                    tx.ready().await.expect("connection ready");
+                    tx.send_request(req).await
+                }
+                HttpsConn::H2(tx) => tx.send_request(req).await,
+            }
+            .expect("response");
+            let (parts, body) = resp.into_parts();
+            Reply {
+                status: parts.status,
+                headers: parts.headers,
+                body: body.collect().await.expect("body").to_bytes(),
+            }
+        })
+        .await
+        .expect("reply within 10 s")
+    }
+
+    /// A handle for another concurrent stream (HTTP/2 only).
+    pub fn stream(&self) -> HttpsConn {
+        match self {
+            HttpsConn::H2(tx) => HttpsConn::H2(tx.clone()),
+            HttpsConn::H1(_) => panic!("HTTP/1.1 carries one request at a time"),
+        }
+    }
+}
+
+// ---- WebSocket -------------------------------------------------------------
+
+/// A WebSocket backend: on each connection it first sends its name, then
+/// echoes every message until the client closes.
+pub struct WsBackend {
+    pub name: String,
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for WsBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub async fn spawn_ws_backend(name: &str) -> WsBackend {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind ws");
+    let addr = listener.local_addr().expect("ws addr");
+    let name_owned: Arc<str> = name.into();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let name = name_owned.clone();
+            tokio::spawn(async move {
+                // Health probes and other plain requests are not WebSocket
+                // handshakes; those connections just end.
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                if ws.send(Message::text(name.to_string())).await.is_err() {
+                    return;
+                }
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_close() {
+                        break;
+                    }
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    WsBackend {
+        name: name.to_string(),
+        addr,
+        task,
+    }
+}
+
+/// A config file's text for WebSocket backends.
+pub fn ws_config_text(backends: &[WsBackend], routing: &str, extra: &str) -> String {
+    let mut s = format!("[listen]\naddress = \"127.0.0.1:1\"\n[admin]\naddress = \"127.0.0.1:2\"\n[routing]\n{routing}\n{extra}\n");
+    for b in backends {
+        s.push_str(&format!(
+            "[[backend]]\nname = \"{}\"\naddress = \"{}\"\n",
+            b.name, b.addr
+        ));
+    }
+    s
 }

@@ -1,0 +1,118 @@
+//! PEM files -> a rustls `ServerConfig`: TLS 1.2 and 1.3 only, ALPN `h2`
+//! and `http/1.1`. Errors name the file. Read at start-up, by `check` and
+//! by every reload, so a renewed certificate serves new connections.
+
+use crate::config::TlsFiles;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::ServerConfig;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// ALPN protocols offered, preferred first.
+pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// `files` with relative paths taken from `base` (the config file's directory).
+pub fn resolve(files: &TlsFiles, base: &Path) -> TlsFiles {
+    let at = |p: &Path| -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
+    TlsFiles {
+        cert: at(&files.cert),
+        key: at(&files.key),
+    }
+}
+
+/// The directory relative paths in the config file at `config_path` start from.
+pub fn base_dir(config_path: &Path) -> &Path {
+    match config_path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// Reads the certificate chain and key (paths already resolved) and builds
+/// the server config.
+pub fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, String> {
+    let certs = read_certs(&files.cert)?;
+    let key = read_key(&files.key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            format!(
+                "{} and {}: not a usable certificate and key: {e}",
+                files.cert.display(),
+                files.key.display()
+            )
+        })?;
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let bytes = read(path, "certificate")?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: not a PEM certificate file: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{}: no PEM certificate (\"-----BEGIN CERTIFICATE-----\") in the file",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let bytes = read(path, "key")?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
+        format!(
+            "{}: no usable PEM private key (PKCS#8, RSA or EC): {e}",
+            path.display()
+        )
+    })
+}
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read TLS {what} file {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_start_at_the_config_directory() {
+        let files = TlsFiles {
+            cert: "tls/c.pem".into(),
+            key: "/etc/k.pem".into(),
+        };
+        let r = resolve(&files, base_dir(Path::new("/srv/lb/config.toml")));
+        assert_eq!(r.cert, PathBuf::from("/srv/lb/tls/c.pem"));
+        assert_eq!(r.key, PathBuf::from("/etc/k.pem"));
+        assert_eq!(base_dir(Path::new("config.toml")), Path::new("."));
+    }
+
+    #[test]
+    fn errors_name_the_file() {
+        let dir = std::env::temp_dir().join(format!("stickylb-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cert = dir.join("cert.pem");
+        std::fs::write(&cert, "not a certificate\n").unwrap();
+        let files = TlsFiles {
+            cert: cert.clone(),
+            key: dir.join("missing.pem"),
+        };
+        let e = load(&files).unwrap_err();
+        assert!(e.contains(&cert.display().to_string()), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

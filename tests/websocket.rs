@@ -1,0 +1,178 @@
+//! WebSocket pass-through: real WebSocket clients through a real proxy to
+//! real WebSocket echo backends, plain and over TLS; stickiness by client
+//! id, the 1xx count, and the idle timeout of upgraded connections.
+
+mod common;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+async fn ws_backends() -> Vec<WsBackend> {
+    let mut v = Vec::new();
+    for i in 1..=3 {
+        v.push(spawn_ws_backend(&format!("ws-{i}")).await);
+    }
+    v
+}
+
+/// A WebSocket handshake over `stream` with `X-Client-Id: id`; returns the
+/// socket and the name of the backend that answered.
+async fn ws_open<S>(stream: S, host: &str, id: &str) -> (WebSocketStream<S>, String)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut req = format!("ws://{host}/chat")
+        .into_client_request()
+        .expect("ws request");
+    req.headers_mut()
+        .insert("x-client-id", id.parse().expect("header value"));
+    let (mut ws, resp) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::client_async(req, stream),
+    )
+    .await
+    .expect("handshake within 10 s")
+    .expect("WebSocket handshake");
+    assert_eq!(resp.status(), http::StatusCode::SWITCHING_PROTOCOLS);
+    let first = next_text(&mut ws).await;
+    (ws, first)
+}
+
+async fn ws_connect(
+    addr: SocketAddr,
+    id: &str,
+) -> (WebSocketStream<tokio::net::TcpStream>, String) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    ws_open(tcp, &addr.to_string(), id).await
+}
+
+async fn next_text<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) -> String {
+    match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) => t.to_string(),
+        other => panic!("expected a text message, got {other:?}"),
+    }
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, n: usize) {
+    for i in 0..n {
+        let msg = format!("message {i}");
+        ws.send(Message::text(msg.clone())).await.expect("send");
+        assert_eq!(next_text(ws).await, msg, "echo {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_exchanges_100_messages_and_counts_1xx() {
+    let backends = ws_backends().await;
+    let proxy = spawn_proxy(&ws_config_text(&backends, "", "")).await;
+    let owner = proxy.router.load().owner(b"alice").name.to_string();
+    let (mut ws, backend) = ws_connect(proxy.addr, "alice").await;
+    assert_eq!(backend, owner);
+    exchange(&mut ws, 100).await;
+    ws.close(None).await.expect("close");
+
+    let text = send(&client(), get(proxy.admin, "/metrics", &[]))
+        .await
+        .text();
+    let series = format!("stickylb_requests_total{{backend=\"{owner}\",code_class=\"1xx\"}}");
+    assert_eq!(metric(&text, &series), Some(1.0), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_websockets_with_one_id_reach_one_backend() {
+    let backends = ws_backends().await;
+    let proxy = spawn_proxy(&ws_config_text(&backends, "", "")).await;
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let addr = proxy.addr;
+        tasks.push(tokio::spawn(async move {
+            let (mut ws, backend) = ws_connect(addr, "room-42").await;
+            exchange(&mut ws, 2).await;
+            if i % 2 == 0 {
+                ws.close(None).await.expect("close");
+            }
+            backend
+        }));
+    }
+    let owner = proxy.router.load().owner(b"room-42").name.to_string();
+    for t in tasks {
+        assert_eq!(t.await.expect("client task"), owner);
+    }
+    // Other ids still go to their own owners.
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..20 {
+        let id = format!("user-{i}");
+        let (_, backend) = ws_connect(proxy.addr, &id).await;
+        assert_eq!(
+            backend,
+            proxy.router.load().owner(id.as_bytes()).name.to_string()
+        );
+        seen.insert(backend);
+    }
+    assert!(seen.len() >= 2, "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_over_tls() {
+    let backends = ws_backends().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new();
+    ca.leaf().write(dir.path());
+    let tls = format!(
+        "tls = {{ cert = \"{}\", key = \"{}\" }}\n",
+        dir.path().join("cert.pem").display(),
+        dir.path().join("key.pem").display()
+    );
+    let text = ws_config_text(&backends, "", "").replace("[listen]\n", &format!("[listen]\n{tls}"));
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).expect("write config");
+    let metrics = std::sync::Arc::new(stickylb::metrics::Metrics::new());
+    let (_, snap) = stickylb::reload::load_initial(&path, &metrics).expect("config");
+    let router = std::sync::Arc::new(stickylb::router::Router::new(snap));
+    let proxy = start_proxy_with(router, metrics, stickylb::server::Transport::Tls).await;
+    let owner = proxy.router.load().owner(b"bob").name.to_string();
+    for _ in 0..3 {
+        let stream = tls_connect(proxy.addr, &ca.der, &[b"http/1.1"]).await;
+        let (mut ws, backend) = ws_open(stream, "localhost", "bob").await;
+        assert_eq!(backend, owner);
+        exchange(&mut ws, 10).await;
+        ws.close(None).await.expect("close");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_upgraded_connection_is_closed() {
+    let backends = ws_backends().await;
+    let proxy = spawn_proxy(&ws_config_text(
+        &backends,
+        "",
+        "[timeouts]\nupgraded_idle = \"300ms\"\nidle = \"100ms\"",
+    ))
+    .await;
+    let (mut ws, _) = ws_connect(proxy.addr, "carol").await;
+    // Traffic keeps it open past the (shorter) connection idle timeout.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        exchange(&mut ws, 1).await;
+    }
+    // Silence closes it.
+    let start = std::time::Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("closed within 10 s");
+    assert!(
+        !matches!(end, Some(Ok(Message::Text(_)))),
+        "no message, only the end: {end:?}"
+    );
+    assert!(
+        start.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        start.elapsed()
+    );
+}
