@@ -24,14 +24,18 @@ fn config_text(proxy_port: u16, backends: &[(String, std::net::SocketAddr)]) -> 
         "[listen]\naddress = \"127.0.0.1:{proxy_port}\"\n[admin]\naddress = \"127.0.0.1:1\"\n"
     );
     for (name, addr) in backends {
-        s.push_str(&format!("[[backend]]\nname = \"{name}\"\naddress = \"{addr}\"\n"));
+        s.push_str(&format!(
+            "[[backend]]\nname = \"{name}\"\naddress = \"{addr}\"\n"
+        ));
     }
     s
 }
 
 fn owner(text: &str, key: &str) -> String {
     let ring = ring_of(&config::from_toml_str(text, "t").expect("valid")).expect("ring");
-    ring.members()[ring.owner(ring.hash(key.as_bytes()))].name.to_string()
+    ring.members()[ring.owner(ring.hash(key.as_bytes()))]
+        .name
+        .to_string()
 }
 
 #[tokio::main]
@@ -58,7 +62,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let reloader = Arc::new(Reloader::new(&path, &cfg, router.clone(), metrics.clone()));
     tokio::spawn(reloader.run(std::future::pending()));
     let proxy = Arc::new(Proxy::new(router, metrics));
-    tokio::spawn(stickylb::server::run(listener, proxy, std::future::pending()));
+    tokio::spawn(stickylb::server::run(
+        listener,
+        proxy,
+        std::future::pending(),
+    ));
 
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let mut latencies = Vec::with_capacity(RELOADS);
@@ -78,7 +86,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let req = http::Request::get(format!("http://{addr}/"))
                 .header("x-client-id", &key)
                 .body(Empty::new())?;
-            let body = client.request(req).await?.into_body().collect().await?.to_bytes();
+            let body = client
+                .request(req)
+                .await?
+                .into_body()
+                .collect()
+                .await?
+                .to_bytes();
             if body.trim_ascii() == want.as_bytes() {
                 latencies.push(start.elapsed());
                 break;

@@ -99,9 +99,18 @@ fn load(path: &Path) -> Result<Config, Failure> {
 fn check(path: &Path) -> Result<(), Failure> {
     let config = load(path)?;
     let ring = ring_of(&config).map_err(|e| format!("{}: {e}", path.display()))?;
-    let config::AlgorithmConfig::Ring { vnodes } = config.routing.algorithm;
+    for w in &config.warnings {
+        eprintln!("stickylb: warning: {w}");
+    }
+    let algorithm = match config.routing.algorithm {
+        config::AlgorithmConfig::Ring { vnodes } => format!("ring ({vnodes} vnodes per weight)"),
+        config::AlgorithmConfig::Maglev { table_size } => {
+            format!("maglev (table size {table_size})")
+        }
+        config::AlgorithmConfig::Rendezvous => "rendezvous".to_string(),
+    };
     println!(
-        "{}: ok, {} backends, algorithm ring ({vnodes} vnodes per weight), seed {}, fingerprint {:016x}",
+        "{}: ok, {} backends, algorithm {algorithm}, seed {}, fingerprint {:016x}",
         path.display(),
         config.backends.len(),
         config.routing.seed,

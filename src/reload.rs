@@ -66,6 +66,9 @@ pub fn load_initial(path: &Path, metrics: &Metrics) -> Result<(Config, Snapshot)
     let text = read(path)?;
     let config =
         config::from_toml_str(&text, &path.display().to_string()).map_err(|e| e.to_string())?;
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
     let snap =
         Snapshot::build(&config, None, metrics).map_err(|e| format!("{}: {e}", path.display()))?;
     publish(metrics, &snap, None);
@@ -139,6 +142,9 @@ impl Reloader {
             Ok(c) => c,
             Err(e) => return Outcome::Failed(e.to_string()),
         };
+        for w in &config.warnings {
+            tracing::warn!("{w}");
+        }
         let old = self.router.load_full();
         let snap = match Snapshot::build(&config, Some(&old), &self.metrics) {
             Ok(s) => s,

@@ -3,10 +3,10 @@
 //! request sees either the old pool or the new one, never half of each.
 
 use crate::backend::{Backend, UpstreamOptions};
-use crate::config::{AlgorithmConfig, Config, Log, Timeouts};
+use crate::config::{Config, Log, Timeouts};
 use crate::key::KeySpec;
 use crate::metrics::Metrics;
-use crate::ring::{Algorithm, Member, Ring};
+use crate::ring::{Member, Ring};
 use arc_swap::{ArcSwap, Guard};
 use std::sync::Arc;
 
@@ -132,9 +132,7 @@ pub fn ring_of(config: &Config) -> Result<Ring, String> {
 }
 
 fn build_ring(config: &Config, members: Vec<Member>) -> Result<Ring, String> {
-    let algorithm = match config.routing.algorithm {
-        AlgorithmConfig::Ring { vnodes } => Algorithm::Ring { vnodes },
-    };
+    let algorithm = config.routing.algorithm.algorithm();
     Ring::build(members, algorithm, config.routing.seed).map_err(|e| e.to_string())
 }
 
