@@ -11,7 +11,7 @@ use stickylb::metrics::Metrics;
 use stickylb::proxy::Proxy;
 use stickylb::reload::{self, Reloader};
 use stickylb::router::{ring_of, Router};
-use stickylb::{demo, server};
+use stickylb::{demo, server, stdio};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -53,6 +53,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Speak the JSON-lines routing protocol on stdin/stdout.
+    Stdio,
 }
 
 /// A failure to report as one sentence, with exit code 1.
@@ -80,6 +82,8 @@ fn main() -> ExitCode {
         Command::Diff { old, new, json } => diff(&old, &new, json),
         Command::Run => serve(&cli.config, cli.threads, false),
         Command::Demo => serve(&cli.config, cli.threads, true),
+        Command::Stdio => stdio::run(std::io::stdin().lock(), std::io::stdout().lock())
+            .map_err(|e| Failure(format!("stdio: {e}"))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
