@@ -652,6 +652,37 @@ proptest! {
     }
 }
 
+/// The build's shortcut for the last free slots fills the table exactly as
+/// probing to the end does.
+#[test]
+fn maglev_endgame_matches_plain_probing() {
+    let weighted = vec![member("a", 1), member("b", 3), member("c", 2)];
+    for (members, m) in [
+        (pool(3), 65537),
+        (pool(100), 65537),
+        (pool(1000), 65537),
+        (weighted.clone(), 1009),
+        (pool(40), 401),
+        (pool(7), 7),
+    ] {
+        let excluded = [false, true];
+        for excluded in [&[][..], &excluded[..]] {
+            let plain = Maglev::build_with_endgame(&members, m, 3, excluded, 0).unwrap();
+            // Whole-table endgames only for small tables: that path is
+            // quadratic in what is left.
+            let endgames = if m < 5000 {
+                vec![1, m.isqrt() / 2, m / 3, m]
+            } else {
+                vec![1, m.isqrt() / 2, 2000]
+            };
+            for endgame in endgames {
+                let fast = Maglev::build_with_endgame(&members, m, 3, excluded, endgame).unwrap();
+                assert_eq!(plain.slots(), fast.slots(), "m={m} endgame={endgame}");
+            }
+        }
+    }
+}
+
 /// Points of a Maglev ring are its slots' run ends; checks that helper the
 /// probes rely on.
 #[test]

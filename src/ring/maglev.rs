@@ -42,6 +42,18 @@ impl Maglev {
         seed: u64,
         excluded: &[bool],
     ) -> Result<Self, RingError> {
+        Self::build_with_endgame(members, table_size, seed, excluded, table_size.isqrt() / 2)
+    }
+
+    /// `build`, switching from probing to the free-slot list once `endgame`
+    /// slots are left (0: probe to the end). The table is the same either way.
+    pub(super) fn build_with_endgame(
+        members: &[Member],
+        table_size: u32,
+        seed: u64,
+        excluded: &[bool],
+        endgame: u32,
+    ) -> Result<Self, RingError> {
         if members.is_empty() {
             return Err(RingError::Empty);
         }
@@ -71,8 +83,18 @@ impl Maglev {
             .map(|&(_, i)| permutation(&members[i].name, seed, m))
             .unzip();
 
+        // Which slots are taken, as bits: the probing below reads only this
+        // (8 KiB for M = 65537, so it stays in L1), not the table itself.
+        let mut taken = vec![0u64; (m as usize).div_ceil(64)];
+        let is_taken = |taken: &[u64], p: u32| taken[p as usize / 64] & (1 << (p % 64)) != 0;
         let mut table = vec![EMPTY; m as usize].into_boxed_slice();
-        let mut left = m as usize;
+        let mut left = m;
+        // With few free slots left, probing costs about M / left steps per
+        // turn (most of the build's time goes into the last 1% of slots):
+        // then each turn picks, among the free slots, the first one in the
+        // member's permutation instead. Slots behind a member's `next` are
+        // all taken, so that is the slot probing would have reached.
+        let mut free: Option<Vec<u32>> = None;
         'fill: loop {
             let mut active = weights.len();
             for pass in 0..weights[0] {
@@ -80,12 +102,29 @@ impl Maglev {
                     active -= 1;
                 }
                 for k in 0..active {
-                    let mut p = next[k];
-                    while table[p as usize] != EMPTY {
-                        p = step(p, skip[k], m);
-                    }
+                    let p = if left > endgame {
+                        let mut p = next[k];
+                        while is_taken(&taken, p) {
+                            p = step(p, skip[k], m);
+                        }
+                        next[k] = step(p, skip[k], m);
+                        p
+                    } else {
+                        let free = free.get_or_insert_with(|| {
+                            (0..m).filter(|&s| !is_taken(&taken, s)).collect()
+                        });
+                        // A free slot f is `(f − next) × skip⁻¹ (mod M)` steps on.
+                        let inv = u64::from(inverse(skip[k], m));
+                        let steps = |f: u32| u64::from((f + m - next[k]) % m) * inv % u64::from(m);
+                        let (i, _) = free
+                            .iter()
+                            .enumerate()
+                            .min_by_key(|&(_, &f)| steps(f))
+                            .expect("a slot is left");
+                        free.swap_remove(i)
+                    };
+                    taken[p as usize / 64] |= 1 << (p % 64);
                     table[p as usize] = owners[k];
-                    next[k] = step(p, skip[k], m);
                     left -= 1;
                     if left == 0 {
                         break 'fill;
@@ -213,6 +252,18 @@ fn permutation(name: &str, seed: u64, m: u32) -> (u32, u32) {
     let offset = (h as u64 % u64::from(m)) as u32;
     let skip = ((h >> 64) as u64 % u64::from(m - 1)) as u32 + 1;
     (offset, skip)
+}
+
+/// `a⁻¹ mod m` for `a` in `1..m`, `m` prime (extended Euclid).
+fn inverse(a: u32, m: u32) -> u32 {
+    let (mut t, mut new_t) = (0i64, 1i64);
+    let (mut r, mut new_r) = (i64::from(m), i64::from(a));
+    while new_r != 0 {
+        let q = r / new_r;
+        (t, new_t) = (new_t, t - q * new_t);
+        (r, new_r) = (new_r, r - q * new_r);
+    }
+    t.rem_euclid(i64::from(m)) as u32
 }
 
 #[inline]
