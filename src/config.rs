@@ -22,6 +22,9 @@ pub struct Config {
     pub limits: Limits,
     pub log: Log,
     pub backends: Vec<BackendConfig>,
+    /// Things that are valid but probably not what was meant, each as
+    /// `origin:line:column: message`; whoever loads the file shows them.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,6 +145,20 @@ pub enum MissingKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AlgorithmConfig {
     Ring { vnodes: u32 },
+    Maglev { table_size: u32 },
+    Rendezvous,
+}
+
+impl AlgorithmConfig {
+    /// The ring algorithm this describes.
+    pub fn algorithm(self) -> crate::ring::Algorithm {
+        use crate::ring::Algorithm;
+        match self {
+            AlgorithmConfig::Ring { vnodes } => Algorithm::Ring { vnodes },
+            AlgorithmConfig::Maglev { table_size } => Algorithm::Maglev { table_size },
+            AlgorithmConfig::Rendezvous => Algorithm::Rendezvous,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -188,6 +205,8 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 pub const DEFAULT_VNODES: u32 = 160;
+/// The Maglev table size when `routing.table_size` is not set (a prime).
+pub const DEFAULT_TABLE_SIZE: u32 = crate::ring::DEFAULT_TABLE_SIZE;
 /// vnodes × total weight may not exceed this (mirrors the ring's own bound).
 pub const MAX_RING_POINTS: u64 = crate::ring::MAX_POINTS;
 
@@ -243,7 +262,7 @@ struct RawRouting {
     algorithm: Option<Spanned<String>>,
     vnodes: Option<Spanned<i64>>,
     seed: Option<Spanned<i64>>,
-    table_size: Option<Spanned<toml::Value>>,
+    table_size: Option<Spanned<i64>>,
     balance_factor: Option<Spanned<f64>>,
     sticky_cookie: Option<Spanned<RawStickyCookie>>,
 }
@@ -354,7 +373,7 @@ pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
         ));
     }
 
-    let routing = routing(&at, raw.routing)?;
+    let (routing, spans) = routing(&at, raw.routing)?;
     let timeouts = timeouts(&at, raw.timeouts)?;
     let backends = backends(&at, text, raw.backend)?;
     let health = raw.health.map(|h| health(&at, h)).transpose()?;
@@ -379,12 +398,39 @@ pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
         },
     };
 
-    let total_weight: u64 = backends.iter().map(|b| u64::from(b.weight.get())).sum();
-    let AlgorithmConfig::Ring { vnodes } = routing.algorithm;
-    if u64::from(vnodes).saturating_mul(total_weight) > MAX_RING_POINTS {
-        return Err(at(0..0, format!(
-            "routing.vnodes ({vnodes}) × total weight ({total_weight}) exceeds {MAX_RING_POINTS} ring points"
-        )));
+    let mut warnings = Vec::new();
+    match routing.algorithm {
+        AlgorithmConfig::Ring { vnodes } => {
+            let total_weight: u64 = backends.iter().map(|b| u64::from(b.weight.get())).sum();
+            if u64::from(vnodes).saturating_mul(total_weight) > MAX_RING_POINTS {
+                return Err(at(0..0, format!(
+                    "routing.vnodes ({vnodes}) × total weight ({total_weight}) exceeds {MAX_RING_POINTS} ring points"
+                )));
+            }
+        }
+        AlgorithmConfig::Maglev { table_size } => {
+            let span = spans.table_size.clone().or(spans.algorithm.clone());
+            let span = span.unwrap_or(0..0);
+            let given = spans.table_size.is_some();
+            if let Some(w) = check_table_size(&at, span, given, table_size, backends.len())? {
+                warnings.push(w.to_string());
+            }
+        }
+        AlgorithmConfig::Rendezvous => {}
+    }
+    if let (Some(span), AlgorithmConfig::Maglev { .. } | AlgorithmConfig::Rendezvous) =
+        (spans.vnodes, routing.algorithm)
+    {
+        warnings.push(
+            at(
+                span,
+                format!(
+                    "routing.vnodes only applies to algorithm = \"ring\"; {} ignores it",
+                    routing.algorithm.algorithm().name()
+                ),
+            )
+            .to_string(),
+        );
     }
 
     Ok(Config {
@@ -396,6 +442,7 @@ pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
         limits,
         log,
         backends,
+        warnings,
     })
 }
 
@@ -489,27 +536,94 @@ fn limits(at: &At<'_>, raw: Option<RawLimits>) -> Result<Limits, ConfigError> {
     })
 }
 
-type At<'a> = dyn Fn(Range<usize>, String) -> ConfigError + 'a;
+/// Where some `[routing]` keys were written, for errors and warnings that
+/// can only be told once the pool is known.
+#[derive(Default)]
+struct RoutingSpans {
+    algorithm: Option<Range<usize>>,
+    vnodes: Option<Range<usize>>,
+    table_size: Option<Range<usize>>,
+}
 
-fn routing(at: &At<'_>, raw: Option<RawRouting>) -> Result<Routing, ConfigError> {
-    let Some(raw) = raw else {
-        return Ok(Routing {
-            key: default_keys(),
-            missing_key: MissingKey::ClientIp,
-            algorithm: AlgorithmConfig::Ring {
-                vnodes: DEFAULT_VNODES,
-            },
-            seed: 0,
-            balance_factor: None,
-            sticky_cookie: None,
-        });
+/// Checks a Maglev table size against the pool: a prime of at least 10 ×
+/// the backends (an error that names the next good prime otherwise), and a
+/// warning under 100 × the backends, where shares start to differ by more
+/// than about 1%. `given` says whether the file set it or it is the default.
+fn check_table_size(
+    at: &At<'_>,
+    span: Range<usize>,
+    given: bool,
+    size: u32,
+    backends: usize,
+) -> Result<Option<ConfigError>, ConfigError> {
+    let n = backends as u64;
+    let what = if given {
+        format!("routing.table_size {size}")
+    } else {
+        format!("routing.table_size (default {size})")
     };
-    if let Some(v) = &raw.table_size {
+    let max = crate::ring::MAX_POINTS;
+    let suggest = |from: u64| {
+        let p = crate::ring::next_prime(from);
+        if p <= max {
+            format!("use a prime such as {p}")
+        } else {
+            format!("no prime table size up to {max} is large enough for this pool; use \"ring\" or \"rendezvous\"")
+        }
+    };
+    let m = u64::from(size);
+    if !crate::ring::is_prime(m) {
         return Err(at(
-            v.span(),
-            "routing.table_size is not supported yet".into(),
+            span,
+            format!("{what} is not a prime; {}", suggest(m.max(10 * n))),
         ));
     }
+    if m < 10 * n {
+        return Err(at(
+            span,
+            format!(
+                "{what} is smaller than 10 × {n} backends; {}",
+                suggest(10 * n)
+            ),
+        ));
+    }
+    Ok((m < 100 * n).then(|| {
+        at(
+            span,
+            format!(
+                "{what} gives each of the {n} backends only about {} slots, so shares can differ by about {:.1}% of the mean; a prime of at least {} such as {} balances better",
+                m / n,
+                100.0 * n as f64 / m as f64,
+                100 * n,
+                crate::ring::next_prime(100 * n)
+            ),
+        )
+    }))
+}
+
+type At<'a> = dyn Fn(Range<usize>, String) -> ConfigError + 'a;
+
+fn routing(at: &At<'_>, raw: Option<RawRouting>) -> Result<(Routing, RoutingSpans), ConfigError> {
+    let Some(raw) = raw else {
+        return Ok((
+            Routing {
+                key: default_keys(),
+                missing_key: MissingKey::ClientIp,
+                algorithm: AlgorithmConfig::Ring {
+                    vnodes: DEFAULT_VNODES,
+                },
+                seed: 0,
+                balance_factor: None,
+                sticky_cookie: None,
+            },
+            RoutingSpans::default(),
+        ));
+    };
+    let spans = RoutingSpans {
+        algorithm: raw.algorithm.as_ref().map(|a| a.span()),
+        vnodes: raw.vnodes.as_ref().map(|v| v.span()),
+        table_size: raw.table_size.as_ref().map(|t| t.span()),
+    };
     let sticky_cookie = raw
         .sticky_cookie
         .map(|c| sticky_cookie(at, c))
@@ -549,21 +663,48 @@ fn routing(at: &At<'_>, raw: Option<RawRouting>) -> Result<Routing, ConfigError>
                 )
             })?,
     };
-    if let Some(a) = raw.algorithm {
-        match a.get_ref().as_str() {
-            "ring" => {}
-            "maglev" | "rendezvous" => {
-                return Err(at(a.span(), format!(
-                    "routing.algorithm {:?} is not supported yet (use \"ring\")",
-                    a.get_ref()
-                )))
-            }
-            other => {
-                return Err(at(a.span(), format!(
-                    "routing.algorithm must be \"ring\", \"maglev\" or \"rendezvous\", not {other:?}"
-                )))
-            }
+    let table_size = match &raw.table_size {
+        None => DEFAULT_TABLE_SIZE,
+        Some(t) => u32::try_from(*t.get_ref())
+            .ok()
+            .filter(|&m| m >= 2 && u64::from(m) <= MAX_RING_POINTS)
+            .ok_or_else(|| {
+                at(
+                    t.span(),
+                    format!(
+                        "routing.table_size must be a prime between 2 and {MAX_RING_POINTS}, not {}",
+                        t.get_ref()
+                    ),
+                )
+            })?,
+    };
+    let algorithm = match raw
+        .algorithm
+        .as_ref()
+        .map(|a| (a.get_ref().as_str(), a.span()))
+    {
+        None | Some(("ring", _)) => AlgorithmConfig::Ring { vnodes },
+        Some(("maglev", _)) => AlgorithmConfig::Maglev { table_size },
+        Some(("rendezvous", _)) => AlgorithmConfig::Rendezvous,
+        Some((other, span)) => {
+            return Err(at(
+                span,
+                format!(
+                "routing.algorithm must be \"ring\", \"maglev\" or \"rendezvous\", not {other:?}"
+            ),
+            ))
         }
+    };
+    if let (Some(t), AlgorithmConfig::Ring { .. } | AlgorithmConfig::Rendezvous) =
+        (&raw.table_size, algorithm)
+    {
+        return Err(at(
+            t.span(),
+            format!(
+                "routing.table_size only applies to algorithm = \"maglev\", not {:?}",
+                algorithm.algorithm().name()
+            ),
+        ));
     }
     let seed = match raw.seed {
         None => 0,
@@ -589,14 +730,17 @@ fn routing(at: &At<'_>, raw: Option<RawRouting>) -> Result<Routing, ConfigError>
             )))
         }
     };
-    Ok(Routing {
-        key,
-        missing_key,
-        algorithm: AlgorithmConfig::Ring { vnodes },
-        seed,
-        balance_factor,
-        sticky_cookie,
-    })
+    Ok((
+        Routing {
+            key,
+            missing_key,
+            algorithm,
+            seed,
+            balance_factor,
+            sticky_cookie,
+        },
+        spans,
+    ))
 }
 
 fn sticky_cookie(at: &At<'_>, raw: Spanned<RawStickyCookie>) -> Result<StickyCookie, ConfigError> {
@@ -924,6 +1068,127 @@ mod tests {
             e.to_string(),
             format!("t.toml:{}:{}: {}", e.line, e.column, e.message)
         );
+    }
+
+    /// `n` backends named b0.. on ports 9000..
+    fn pool(n: usize) -> String {
+        (0..n)
+            .map(|i| {
+                format!(
+                    "[[backend]]\nname = \"b{i}\"\naddress = \"127.0.0.1:{}\"\n",
+                    9000 + i
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn algorithms_parse() {
+        let parse =
+            |routing: &str| from_toml_str(&format!("[routing]\n{routing}\n{ONE}"), "t.toml");
+        let c = parse("algorithm = \"maglev\"").unwrap();
+        assert_eq!(
+            c.routing.algorithm,
+            AlgorithmConfig::Maglev { table_size: 65537 }
+        );
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let c = parse("algorithm = \"maglev\"\ntable_size = 1009").unwrap();
+        assert_eq!(
+            c.routing.algorithm,
+            AlgorithmConfig::Maglev { table_size: 1009 }
+        );
+        let c = parse("algorithm = \"rendezvous\"").unwrap();
+        assert_eq!(c.routing.algorithm, AlgorithmConfig::Rendezvous);
+        let c = parse("algorithm = \"ring\"\nvnodes = 40").unwrap();
+        assert_eq!(c.routing.algorithm, AlgorithmConfig::Ring { vnodes: 40 });
+        let e = parse("algorithm = \"jump\"").unwrap_err();
+        assert_eq!((e.line, e.column), (2, 13), "{e}");
+    }
+
+    #[test]
+    fn table_size_errors_suggest_a_prime() {
+        let e = err(&format!(
+            "[routing]\nalgorithm = \"maglev\"\ntable_size = 65536\n{ONE}"
+        ));
+        assert_eq!((e.line, e.column), (3, 14), "{e}");
+        assert!(e.message.contains("not a prime"), "{e}");
+        assert!(e.message.contains("65537"), "{e}");
+
+        // 200 backends need at least 2000 slots: the next prime is 2003.
+        let e = err(&format!(
+            "[routing]\nalgorithm = \"maglev\"\ntable_size = 1009\n{}",
+            pool(200)
+        ));
+        assert_eq!((e.line, e.column), (3, 14), "{e}");
+        assert!(e.message.contains("smaller than 10 × 200 backends"), "{e}");
+        assert!(e.message.contains("2003"), "{e}");
+        // Not a prime and too small: the suggestion covers both.
+        let e = err(&format!(
+            "[routing]\nalgorithm = \"maglev\"\ntable_size = 1000\n{}",
+            pool(200)
+        ));
+        assert!(e.message.contains("2003"), "{e}");
+
+        // The default is checked against the pool too, at the algorithm.
+        let e = err(&format!(
+            "[routing]\nalgorithm = \"maglev\"\n{}",
+            pool(6554)
+        ));
+        assert_eq!((e.line, e.column), (2, 13), "{e}");
+        assert!(e.message.contains("default 65537"), "{e}");
+        assert!(e.message.contains("65543"), "{e}");
+
+        for bad in ["0", "-7", "1", "99999999999"] {
+            let e = err(&format!(
+                "[routing]\nalgorithm = \"maglev\"\ntable_size = {bad}\n{ONE}"
+            ));
+            assert_eq!(e.line, 3, "{e}");
+        }
+        let e = err(&format!("[routing]\ntable_size = 65537\n{ONE}"));
+        assert!(
+            e.message.contains("only applies to algorithm = \"maglev\""),
+            "{e}"
+        );
+        assert_eq!(e.line, 2, "{e}");
+        let e = err(&format!(
+            "[routing]\nalgorithm = \"rendezvous\"\ntable_size = 65537\n{ONE}"
+        ));
+        assert_eq!(e.line, 3, "{e}");
+    }
+
+    #[test]
+    fn small_tables_and_stray_vnodes_warn() {
+        let c = from_toml_str(
+            &format!(
+                "[routing]\nalgorithm = \"maglev\"\ntable_size = 2003\n{}",
+                pool(200)
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        let w = &c.warnings[0];
+        assert!(w.starts_with("t.toml:3:14: "), "{w}");
+        assert!(w.contains("20011"), "{w}");
+        // 100 × N or more: no warning.
+        let c = from_toml_str(
+            &format!(
+                "[routing]\nalgorithm = \"maglev\"\ntable_size = 20011\n{}",
+                pool(200)
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+
+        let c = from_toml_str(
+            &format!("[routing]\nalgorithm = \"rendezvous\"\nvnodes = 160\n{ONE}"),
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert!(c.warnings[0].starts_with("t.toml:3:"), "{:?}", c.warnings);
+        assert!(c.warnings[0].contains("vnodes"), "{:?}", c.warnings);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! Layout, from the bottom up:
 //! - `ring`: consistent hashing as pure values (owner, preference order,
-//!   shares, exact remap fraction). No HTTP, no TOML.
+//!   shares, exact remap fraction) with three algorithms: ketama-style ring,
+//!   Maglev, rendezvous. No HTTP, no TOML.
 //! - `config`: TOML text -> validated `Config`, errors with line and column.
 //! - `key`: the client id of a request (header, cookie, query, peer address).
 //! - `backend`: a backend's identity and live atomic state.
@@ -18,6 +19,7 @@
 //! - `idle`: a stream wrapper that records activity, for idle timeouts.
 //! - `admin`: `/metrics`, `/healthz`, `/ring`, `/ring/lookup`.
 //! - `demo`: echo backends for `stickylb demo`.
+//! - `stdio`: the JSON-lines routing protocol of `stickylb stdio` over the ring.
 //!
 //! Data flow:
 //! ```text
@@ -43,5 +45,6 @@ pub mod reload;
 pub mod ring;
 pub mod router;
 pub mod server;
+pub mod stdio;
 pub mod tls;
 pub mod upstream;

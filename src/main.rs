@@ -11,7 +11,7 @@ use stickylb::metrics::Metrics;
 use stickylb::proxy::Proxy;
 use stickylb::reload::{self, Reloader};
 use stickylb::router::{ring_of, Router};
-use stickylb::{demo, health, server};
+use stickylb::{demo, health, server, stdio};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -53,6 +53,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Speak the JSON-lines routing protocol on stdin/stdout.
+    Stdio,
 }
 
 /// A failure to report as one sentence, with exit code 1.
@@ -80,6 +82,8 @@ fn main() -> ExitCode {
         Command::Diff { old, new, json } => diff(&old, &new, json),
         Command::Run => serve(&cli.config, cli.threads, false),
         Command::Demo => serve(&cli.config, cli.threads, true),
+        Command::Stdio => stdio::run(std::io::stdin().lock(), std::io::stdout().lock())
+            .map_err(|e| Failure(format!("stdio: {e}"))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -100,9 +104,18 @@ fn check(path: &Path) -> Result<(), Failure> {
     let config = load(path)?;
     let ring = ring_of(&config).map_err(|e| format!("{}: {e}", path.display()))?;
     reload::load_tls(path, &config)?;
-    let config::AlgorithmConfig::Ring { vnodes } = config.routing.algorithm;
+    for w in &config.warnings {
+        eprintln!("stickylb: warning: {w}");
+    }
+    let algorithm = match config.routing.algorithm {
+        config::AlgorithmConfig::Ring { vnodes } => format!("ring ({vnodes} vnodes per weight)"),
+        config::AlgorithmConfig::Maglev { table_size } => {
+            format!("maglev (table size {table_size})")
+        }
+        config::AlgorithmConfig::Rendezvous => "rendezvous".to_string(),
+    };
     println!(
-        "{}: ok, {} backends, algorithm ring ({vnodes} vnodes per weight), seed {}, fingerprint {:016x}",
+        "{}: ok, {} backends, algorithm {algorithm}, seed {}, fingerprint {:016x}",
         path.display(),
         config.backends.len(),
         config.routing.seed,

@@ -71,6 +71,9 @@ pub fn load_initial(path: &Path, metrics: &Metrics) -> Result<(Config, Snapshot)
     let text = read(path)?;
     let config =
         config::from_toml_str(&text, &path.display().to_string()).map_err(|e| e.to_string())?;
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
     let tls = load_tls(path, &config)?;
     let snap = Snapshot::build(&config, None, metrics)
         .map_err(|e| format!("{}: {e}", path.display()))?
@@ -192,6 +195,9 @@ impl Reloader {
             return Outcome::Failed(format!(
                 "{origin}: adding or removing listen.tls needs a restart"
             ));
+        }
+        for w in &config.warnings {
+            tracing::warn!("{w}");
         }
         let old = self.router.load_full();
         let snap = match Snapshot::build(&config, Some(&old), &self.metrics) {

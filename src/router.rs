@@ -3,11 +3,11 @@
 //! request sees either the old pool or the new one, never half of each.
 
 use crate::backend::{Backend, InFlight, UpstreamOptions};
-use crate::config::{AlgorithmConfig, Config, HealthConfig, Limits, Log, StickyCookie, Timeouts};
+use crate::config::{Config, HealthConfig, Limits, Log, StickyCookie, Timeouts};
 use crate::key::KeySpec;
 use crate::metrics::Metrics;
 use crate::ring::{Algorithm, Member, Ring};
-use arc_swap::{ArcSwap, Guard};
+use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -34,6 +34,17 @@ pub struct Snapshot {
     /// The ring of the generation before this one, to tell which requests'
     /// keys changed owner.
     previous: Option<Previous>,
+    /// Maglev failover: the table rebuilt without the backends that were
+    /// down when it was built. An ArcSwap: rebuilt at most once per health
+    /// change (by the first request that needs it), read by all others.
+    failover: ArcSwapOption<Failover>,
+}
+
+/// A ring that routes around the backends marked in `down`.
+#[derive(Debug)]
+struct Failover {
+    down: Box<[bool]>,
+    ring: Ring,
 }
 
 /// Why a request went to a backend other than its key's owner.
@@ -142,6 +153,7 @@ impl Snapshot {
             sticky_cookie: config.routing.sticky_cookie.clone().map(Arc::new),
             tls: None,
             previous,
+            failover: ArcSwapOption::empty(),
         })
     }
 
@@ -185,6 +197,18 @@ impl Snapshot {
         } else {
             Reason::Failover
         };
+        if reason == Reason::Failover && skip.is_none() {
+            if let Some(i) = self.failover_owner(hash) {
+                if let Some(g) = self.backends[i].try_start(capacity, total) {
+                    let choice = Choice {
+                        index: i,
+                        owner,
+                        reason: Some(reason),
+                    };
+                    return Some((choice, g));
+                }
+            }
+        }
         let mut first_healthy = None;
         for i in self.ring.preference(hash) {
             if !healthy(i) {
@@ -212,6 +236,28 @@ impl Snapshot {
             };
             (choice, self.backends[i].start(total))
         })
+    }
+
+    /// Maglev's failover owner: the key's owner in the table rebuilt without
+    /// the backends that are down. `None` for the other algorithms, whose
+    /// preference order already is that (and when every backend is down).
+    fn failover_owner(&self, hash: u64) -> Option<usize> {
+        if !matches!(self.ring.algorithm(), Algorithm::Maglev { .. }) {
+            return None;
+        }
+        let down: Box<[bool]> = self
+            .backends
+            .iter()
+            .map(|b| !b.health.is_healthy())
+            .collect();
+        let cached = self.failover.load();
+        if let Some(f) = cached.as_ref().filter(|f| f.down == down) {
+            return Some(f.ring.owner(hash));
+        }
+        let ring = self.ring.excluding(&down)?;
+        let owner = ring.owner(hash);
+        self.failover.store(Some(Arc::new(Failover { down, ring })));
+        Some(owner)
     }
 
     /// Bounded loads: `ceil(c × (in flight + 1) / healthy backends)`.
@@ -259,9 +305,7 @@ pub fn ring_of(config: &Config) -> Result<Ring, String> {
 }
 
 fn build_ring(config: &Config, members: Vec<Member>) -> Result<Ring, String> {
-    let algorithm = match config.routing.algorithm {
-        AlgorithmConfig::Ring { vnodes } => Algorithm::Ring { vnodes },
-    };
+    let algorithm = config.routing.algorithm.algorithm();
     Ring::build(members, algorithm, config.routing.seed).map_err(|e| e.to_string())
 }
 

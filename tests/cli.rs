@@ -110,9 +110,9 @@ fn check_errors_name_the_line() {
             "limits.max_connections",
         ),
         (
-            format!("[routing]\nalgorithm = \"maglev\"\n{b}"),
-            2,
-            "not supported yet",
+            format!("[routing]\nalgorithm = \"maglev\"\ntable_size = 65536\n{b}"),
+            3,
+            "is not a prime; use a prime such as 65537",
         ),
         (
             format!("[routing]\nmissing_key = \"drop\"\n{b}"),

@@ -292,3 +292,37 @@ async fn hostile_clients_do_not_hurt_others() {
     );
     assert_eq!(backend_for(&client, proxy.addr, "after-garbage").await, "b");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maglev_fails_over_to_the_rebuilt_table_and_others_stay() {
+    let pool = spawn_backends(4).await;
+    let refs: Vec<_> = pool.iter().collect();
+    let proxy = spawn_proxy(&config_text(
+        &refs,
+        "algorithm = \"maglev\"\ntable_size = 4099",
+        FAST_CHECKS,
+    ))
+    .await;
+    let keys: Vec<String> = (0..2000).map(|i| format!("mg-{i}")).collect();
+    let before = owners(&proxy, &keys).await;
+    let snap = proxy.router.load_full();
+
+    pool[2].set_sick(true);
+    wait_health(&proxy, Duration::from_secs(3), |h| !h[2]).await;
+    let rebuilt = snap.ring.excluding(&[false, false, true, false]).unwrap();
+    let after = owners(&proxy, &keys).await;
+    for (i, k) in keys.iter().enumerate() {
+        if before[i] == pool[2].name {
+            let want = &snap.backends[rebuilt.owner(rebuilt.hash(k.as_bytes()))].name;
+            assert_eq!(
+                after[i], **want,
+                "key {k} goes to its owner in the rebuilt table"
+            );
+        } else {
+            assert_eq!(after[i], before[i], "key {k} of a healthy backend moved");
+        }
+    }
+    pool[2].set_sick(false);
+    wait_health(&proxy, Duration::from_secs(3), |h| h.iter().all(|&x| x)).await;
+    assert_eq!(owners(&proxy, &keys).await, before);
+}

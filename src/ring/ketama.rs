@@ -25,6 +25,8 @@ pub struct Ketama {
     index: Box<[u32]>,
     /// Right shift that turns a hash into a bucket number.
     shift: u32,
+    /// Members owning at least one point.
+    distinct: usize,
 }
 
 impl Ketama {
@@ -61,7 +63,29 @@ impl Ketama {
         all.dedup_by_key(|p| p.0);
         let points: Box<[u64]> = all.iter().map(|p| p.0).collect();
         let owners: Box<[u32]> = all.iter().map(|p| p.1).collect();
+        Ok(Self::indexed(points, owners, members.len()))
+    }
 
+    /// The ring made of this ring's points whose owner passes `keep`: every
+    /// hash goes to the first kept point at or clockwise after it, i.e. to
+    /// the first kept member of its walk. `None` if no point is kept.
+    pub fn filtered(&self, keep: impl Fn(u32) -> bool) -> Option<Self> {
+        let (points, owners): (Vec<u64>, Vec<u32>) =
+            self.arcs().filter(|&(_, owner)| keep(owner)).unzip();
+        if points.is_empty() {
+            return None;
+        }
+        let members = owners.iter().max().map_or(0, |&m| m as usize + 1);
+        Some(Self::indexed(points.into(), owners.into(), members))
+    }
+
+    /// Adds the bucket index to sorted, distinct points and their owners
+    /// (member indices below `members`).
+    fn indexed(points: Box<[u64]>, owners: Box<[u32]>, members: usize) -> Self {
+        let mut owns = vec![false; members];
+        for &o in owners.iter() {
+            owns[o as usize] = true;
+        }
         let bits = (usize::BITS - points.len().leading_zeros()).clamp(1, MAX_INDEX_BITS);
         let shift = 64 - bits;
         let buckets = 1usize << bits;
@@ -75,12 +99,13 @@ impl Ketama {
             index.push(i as u32);
         }
         index.push(points.len() as u32);
-        Ok(Ketama {
+        Ketama {
             points,
             owners,
             index: index.into_boxed_slice(),
             shift,
-        })
+            distinct: owns.iter().filter(|&&o| o).count(),
+        }
     }
 
     /// Index of the first point at or clockwise after `hash` (wrapping).
@@ -109,6 +134,11 @@ impl Ketama {
         let start = self.slot(hash);
         let (tail, head) = self.owners.split_at(start);
         head.iter().chain(tail.iter()).copied()
+    }
+
+    /// Number of members owning at least one point.
+    pub fn distinct(&self) -> usize {
+        self.distinct
     }
 
     /// Number of points on the ring.

@@ -1,11 +1,17 @@
 //! Consistent hashing as pure values: which member owns a 64-bit key hash,
 //! the key's preference order of distinct members, each member's exact share
 //! of the keyspace, and the exact fraction of keyspace that changes owner
-//! between two rings. Knows nothing of HTTP, TOML or tokio.
+//! between two rings. Three algorithms behind one `Ring`: a ketama-style
+//! ring (`ketama.rs`), Maglev (`maglev.rs`) and weighted rendezvous
+//! (`rendezvous.rs`). Knows nothing of HTTP, TOML or tokio.
 
 mod ketama;
+mod maglev;
+mod rendezvous;
 
 pub use ketama::{Ketama, Walk};
+pub use maglev::{is_prime, next_prime, Maglev, DEFAULT_TABLE_SIZE};
+pub use rendezvous::{Ranked, Rendezvous};
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -32,6 +38,8 @@ pub enum RingError {
     DuplicateName(Arc<str>),
     #[error("the ring would need {points} points (vnodes × total weight must be between 1 and {MAX_POINTS})")]
     TooManyPoints { points: u64 },
+    #[error("the maglev table size {size} must be a prime, at least the number of members ({members}) and at most {MAX_POINTS}")]
+    TableSize { size: u32, members: usize },
 }
 
 /// The hashing algorithm behind a ring.
@@ -39,6 +47,10 @@ pub enum RingError {
 pub enum Algorithm {
     /// Ketama-style ring with weighted virtual nodes.
     Ring { vnodes: u32 },
+    /// Maglev lookup table of a fixed prime size.
+    Maglev { table_size: u32 },
+    /// Weighted rendezvous (highest random weight).
+    Rendezvous,
 }
 
 impl Algorithm {
@@ -46,6 +58,8 @@ impl Algorithm {
     pub fn name(self) -> &'static str {
         match self {
             Algorithm::Ring { .. } => "ring",
+            Algorithm::Maglev { .. } => "maglev",
+            Algorithm::Rendezvous => "rendezvous",
         }
     }
 }
@@ -59,11 +73,16 @@ pub struct Ring {
     algorithm: Algorithm,
     table: Table,
     fingerprint: u64,
+    /// Members routed around as if removed (see `excluding`); empty when
+    /// every member takes part.
+    excluded: Box<[bool]>,
 }
 
 #[derive(Debug, Clone)]
 enum Table {
     Ketama(Ketama),
+    Maglev(Maglev),
+    Rendezvous(Rendezvous),
 }
 
 impl Ring {
@@ -77,15 +96,69 @@ impl Ring {
         }
         let table = match algorithm {
             Algorithm::Ring { vnodes } => Table::Ketama(Ketama::build(&members, vnodes, seed)?),
+            Algorithm::Maglev { table_size } => {
+                Table::Maglev(Maglev::build(&members, table_size, seed, &[])?)
+            }
+            Algorithm::Rendezvous => {
+                Table::Rendezvous(Rendezvous::build(&members, seed, &[]).ok_or(RingError::Empty)?)
+            }
         };
-        let fingerprint = fingerprint(&members, algorithm, seed);
+        let fingerprint = fingerprint(&members, algorithm, seed, &[]);
         Ok(Ring {
             members: members.into_boxed_slice(),
             seed,
             algorithm,
             table,
             fingerprint,
+            excluded: Box::new([]),
         })
+    }
+
+    /// The ring that routes exactly as if the members marked in `excluded`
+    /// (by index; missing entries count as not excluded) were removed from
+    /// the pool, on top of any this ring already excludes. It keeps the same
+    /// member list and indices; excluded members own nothing and appear in
+    /// no preference order. `None` if no member would be left.
+    ///
+    /// Ring and rendezvous: every key goes to the first member of its
+    /// `preference` order that is not excluded. Maglev: the table rebuilt
+    /// over the remaining members, which also moves some keys between
+    /// members that stayed. Build it once per change of the excluded set.
+    pub fn excluding(&self, excluded: &[bool]) -> Option<Ring> {
+        let n = self.members.len();
+        let mask: Box<[bool]> = (0..n)
+            .map(|i| self.is_excluded(i) || excluded.get(i).copied().unwrap_or(false))
+            .collect();
+        if mask.iter().all(|&e| e) {
+            return None;
+        }
+        let table = match &self.table {
+            Table::Ketama(k) => Table::Ketama(k.filtered(|m| !mask[m as usize])?),
+            Table::Maglev(m) => {
+                Table::Maglev(Maglev::build(&self.members, m.len() as u32, self.seed, &mask).ok()?)
+            }
+            Table::Rendezvous(_) => {
+                Table::Rendezvous(Rendezvous::build(&self.members, self.seed, &mask)?)
+            }
+        };
+        let mask = if mask.iter().any(|&e| e) {
+            mask
+        } else {
+            Box::new([])
+        };
+        Some(Ring {
+            members: self.members.clone(),
+            seed: self.seed,
+            algorithm: self.algorithm,
+            table,
+            fingerprint: fingerprint(&self.members, self.algorithm, self.seed, &mask),
+            excluded: mask,
+        })
+    }
+
+    /// Whether member `i` is routed around (see `excluding`).
+    pub fn is_excluded(&self, i: usize) -> bool {
+        self.excluded.get(i).copied().unwrap_or(false)
     }
 
     /// Hashes a key onto the ring's keyspace.
@@ -99,17 +172,26 @@ impl Ring {
     pub fn owner(&self, hash: u64) -> usize {
         match &self.table {
             Table::Ketama(k) => k.owner(hash) as usize,
+            Table::Maglev(m) => m.owner(hash) as usize,
+            Table::Rendezvous(r) => r.owner(hash) as usize,
         }
     }
 
     /// Distinct member indices in the key's preference order: the owner
     /// first, then the members failover and overload pass the key on to.
+    /// Ring: clockwise from the key. Rendezvous: descending score. Maglev:
+    /// the members met walking the table forward from the key's slot.
     pub fn preference(&self, hash: u64) -> Preference<'_> {
-        match &self.table {
-            Table::Ketama(k) => Preference {
-                walk: k.walk(hash),
-                seen: Seen::new(self.members.len()),
-                left: self.members.len(),
+        let walk = |walk, left| Order::Walk {
+            walk,
+            seen: Seen::new(self.members.len()),
+            left,
+        };
+        Preference {
+            order: match &self.table {
+                Table::Ketama(k) => walk(k.walk(hash), k.distinct()),
+                Table::Maglev(m) => walk(m.walk(hash), m.distinct()),
+                Table::Rendezvous(r) => Order::Ranked(r.ranked(hash)),
             },
         }
     }
@@ -136,19 +218,39 @@ impl Ring {
     pub fn memory_bytes(&self) -> usize {
         match &self.table {
             Table::Ketama(k) => k.memory_bytes(),
+            Table::Maglev(m) => m.memory_bytes(),
+            Table::Rendezvous(r) => r.memory_bytes(),
         }
     }
 
-    /// Each member's exact fraction of the keyspace, by member index; sums to 1.
+    /// Each member's exact fraction of the keyspace, by member index; sums
+    /// to 1. Ring: the arcs' lengths. Maglev: the hashes each slot receives.
+    /// Rendezvous (no table): `weight / Σ weight`, the exact probability of
+    /// winning under uniform draws.
     pub fn shares(&self) -> Vec<f64> {
-        let mut owned = vec![0u128; self.members.len()];
-        for (len, owner) in self.segments() {
-            owned[owner as usize] += len;
-        }
-        owned
-            .into_iter()
-            .map(|o| o as f64 / KEYSPACE as f64)
-            .collect()
+        let n = self.members.len();
+        let owned = match &self.table {
+            Table::Rendezvous(r) => {
+                let w = r.weights(n);
+                let total: f64 = w.iter().sum();
+                return w.into_iter().map(|x| x / total).collect();
+            }
+            Table::Ketama(k) => {
+                let mut owned = vec![0u128; n];
+                for (len, owner) in segments(k) {
+                    owned[owner as usize] += len;
+                }
+                owned
+            }
+            Table::Maglev(m) => {
+                let mut owned = vec![0u128; n];
+                for ((_, len), &owner) in m.slot_spans().zip(m.slots()) {
+                    owned[owner as usize] += len;
+                }
+                owned
+            }
+        };
+        owned.into_iter().map(frac).collect()
     }
 
     /// Exact fraction of the keyspace whose owner (compared by member name)
@@ -159,34 +261,88 @@ impl Ring {
 
     /// Exactly which part of the keyspace changes owner from `self` to
     /// `other`, in total and per member (compared by name).
+    ///
+    /// Rings and Maglev tables own runs of consecutive hashes, so any two of
+    /// them compare exactly, run by run. Rendezvous is measured under its
+    /// model (see `shares`): against another rendezvous pool with a closed
+    /// form, against a table as draws independent of the key's position.
     pub fn remap(&self, other: &Ring) -> Remap {
-        let Table::Ketama(a) = &self.table;
-        let Table::Ketama(b) = &other.table;
         let same = self.index_in(other);
+        let (n, o) = (self.members.len(), other.members.len());
+        match (&self.table, &other.table) {
+            (Table::Rendezvous(a), Table::Rendezvous(b)) => {
+                let (wa, wb) = (a.weights(n), b.weights(o));
+                if same_pool(&wa, &wb, &same) && self.seed == other.seed {
+                    return Remap::none(n, o);
+                }
+                let stay = rendezvous::stay(&wa, &wb, &same, self.seed == other.seed);
+                Remap::from_stay(&self.shares(), &other.shares(), &same, &stay)
+            }
+            (Table::Rendezvous(_), _) | (_, Table::Rendezvous(_)) => {
+                let (sa, sb) = (self.shares(), other.shares());
+                let stay: Vec<f64> = same
+                    .iter()
+                    .enumerate()
+                    .map(|(i, j)| j.map_or(0.0, |j| sa[i] * sb[j as usize]))
+                    .collect();
+                Remap::from_stay(&sa, &sb, &same, &stay)
+            }
+            (Table::Maglev(a), Table::Maglev(b)) if a.len() == b.len() => {
+                let mut lost = vec![0u128; n];
+                let mut gained = vec![0u128; o];
+                let mut moved: u128 = 0;
+                let slots = a.slots().iter().zip(b.slots());
+                for ((_, len), (&from, &to)) in a.slot_spans().zip(slots) {
+                    if same[from as usize] != Some(to) {
+                        moved += len;
+                        lost[from as usize] += len;
+                        gained[to as usize] += len;
+                    }
+                }
+                Remap::from_counts(moved, lost, gained)
+            }
+            _ => self.remap_runs(other, &same),
+        }
+    }
+
+    /// `remap` between two tables that own runs of consecutive hashes: every
+    /// run end of either bounds an interval (prev, end] on which both have a
+    /// constant owner; sum the intervals where they differ.
+    fn remap_runs(&self, other: &Ring, same: &[Option<u32>]) -> Remap {
         let mut lost = vec![0u128; self.members.len()];
         let mut gained = vec![0u128; other.members.len()];
-        // Every point of either ring bounds an interval (prev, point] on which
-        // both rings have a constant owner; sum the intervals where they differ.
-        let mut bounds: Vec<u64> = a.arcs().chain(b.arcs()).map(|(p, _)| p).collect();
+        let mut bounds = self.run_ends();
+        bounds.extend(other.run_ends());
         bounds.sort_unstable();
         bounds.dedup();
         let mut moved: u128 = 0;
         let mut prev = bounds[bounds.len() - 1];
         for &p in &bounds {
-            let (from, to) = (a.owner(p), b.owner(p));
-            if same[from as usize] != Some(to) {
+            let (from, to) = (self.owner(p), other.owner(p));
+            if same[from] != Some(to as u32) {
                 let len = arc_len(prev, p, bounds.len());
                 moved += len;
-                lost[from as usize] += len;
-                gained[to as usize] += len;
+                lost[from] += len;
+                gained[to] += len;
             }
             prev = p;
         }
-        let frac = |x: u128| x as f64 / KEYSPACE as f64;
-        Remap {
-            moved: frac(moved),
-            lost: lost.into_iter().map(frac).collect(),
-            gained: gained.into_iter().map(frac).collect(),
+        Remap::from_counts(moved, lost, gained)
+    }
+
+    /// The last hash of each run of hashes with one owner (rings and Maglev).
+    fn run_ends(&self) -> Vec<u64> {
+        match &self.table {
+            Table::Ketama(k) => k.arcs().map(|(p, _)| p).collect(),
+            Table::Maglev(m) => {
+                let slots = m.slots();
+                m.slot_spans()
+                    .enumerate()
+                    .filter(|&(s, _)| s + 1 == slots.len() || slots[s] != slots[s + 1])
+                    .map(|(_, (end, _))| end)
+                    .collect()
+            }
+            Table::Rendezvous(_) => Vec::new(),
         }
     }
 
@@ -203,18 +359,29 @@ impl Ring {
             .map(|m| by_name.get(&*m.name).copied())
             .collect()
     }
+}
 
-    /// `(length, owner)` of each arc of constant owner; lengths sum to 2^64.
-    fn segments(&self) -> impl Iterator<Item = (u128, u32)> + '_ {
-        let Table::Ketama(k) = &self.table;
-        let n = k.len();
-        let last = k.arcs().last().map_or(0, |(p, _)| p);
-        k.arcs().scan(last, move |prev, (p, owner)| {
-            let len = arc_len(*prev, p, n);
-            *prev = p;
-            Some((len, owner))
-        })
-    }
+/// `(length, owner)` of each arc of constant owner; lengths sum to 2^64.
+fn segments(k: &Ketama) -> impl Iterator<Item = (u128, u32)> + '_ {
+    let n = k.len();
+    let last = k.arcs().last().map_or(0, |(p, _)| p);
+    k.arcs().scan(last, move |prev, (p, owner)| {
+        let len = arc_len(*prev, p, n);
+        *prev = p;
+        Some((len, owner))
+    })
+}
+
+/// Whether two weight lists (by member, 0 = takes no part) describe the
+/// same pool, members matched by name through `same`.
+fn same_pool(wa: &[f64], wb: &[f64], same: &[Option<u32>]) -> bool {
+    let matched = same
+        .iter()
+        .enumerate()
+        .filter(|&(i, j)| wa[i] > 0.0 && j.is_some_and(|j| wb[j as usize] == wa[i]))
+        .count();
+    matched == wa.iter().filter(|&&w| w > 0.0).count()
+        && matched == wb.iter().filter(|&&w| w > 0.0).count()
 }
 
 /// The keyspace that changes owner between two rings.
@@ -228,8 +395,51 @@ pub struct Remap {
     pub gained: Vec<f64>,
 }
 
+impl Remap {
+    /// Nothing moves.
+    fn none(old: usize, new: usize) -> Self {
+        Remap {
+            moved: 0.0,
+            lost: vec![0.0; old],
+            gained: vec![0.0; new],
+        }
+    }
+
+    /// From counts of hashes out of 2^64.
+    fn from_counts(moved: u128, lost: Vec<u128>, gained: Vec<u128>) -> Self {
+        Remap {
+            moved: frac(moved),
+            lost: lost.into_iter().map(frac).collect(),
+            gained: gained.into_iter().map(frac).collect(),
+        }
+    }
+
+    /// From the shares before (`sa`) and after (`sb`) and, by member of the
+    /// old ring, the keyspace it keeps (`stay`).
+    fn from_stay(sa: &[f64], sb: &[f64], same: &[Option<u32>], stay: &[f64]) -> Self {
+        let lost: Vec<f64> = sa.iter().zip(stay).map(|(s, k)| (s - k).max(0.0)).collect();
+        let mut gained = sb.to_vec();
+        for (i, j) in same.iter().enumerate() {
+            if let Some(j) = j {
+                gained[*j as usize] = (gained[*j as usize] - stay[i]).max(0.0);
+            }
+        }
+        let kept: f64 = stay.iter().sum();
+        Remap {
+            moved: (1.0 - kept).clamp(0.0, 1.0),
+            lost,
+            gained,
+        }
+    }
+}
+
 /// Size of the 64-bit keyspace.
 const KEYSPACE: u128 = 1 << 64;
+
+/// A count of hashes as a fraction of the keyspace.
+fn frac(x: u128) -> f64 {
+    x as f64 / KEYSPACE as f64
+}
 
 /// Length of the arc (prev, p]; with a single point it is the whole keyspace.
 fn arc_len(prev: u64, p: u64, points: usize) -> u128 {
@@ -251,30 +461,59 @@ pub fn degrees(hash: u64) -> u16 {
     ((u128::from(hash) * 360) >> 64) as u16
 }
 
-fn fingerprint(members: &[Member], algorithm: Algorithm, seed: u64) -> u64 {
-    let mut sorted: Vec<&Member> = members.iter().collect();
-    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+/// Hashes everything routing reads: the algorithm and its parameter, the
+/// seed, every member's name and weight (in name order), and which members
+/// are excluded. A pool without exclusions hashes as it always has.
+fn fingerprint(members: &[Member], algorithm: Algorithm, seed: u64, excluded: &[bool]) -> u64 {
+    let mut sorted: Vec<(&Member, bool)> = members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m, excluded.get(i).copied().unwrap_or(false)))
+        .collect();
+    sorted.sort_by(|a, b| a.0.name.cmp(&b.0.name));
     let mut buf = Vec::with_capacity(32 + members.len() * 16);
     match algorithm {
         Algorithm::Ring { vnodes } => {
             buf.extend_from_slice(b"ring\0");
             buf.extend_from_slice(&vnodes.to_le_bytes());
         }
+        Algorithm::Maglev { table_size } => {
+            buf.extend_from_slice(b"maglev\0");
+            buf.extend_from_slice(&table_size.to_le_bytes());
+        }
+        Algorithm::Rendezvous => buf.extend_from_slice(b"rendezvous\0"),
     }
     buf.extend_from_slice(&seed.to_le_bytes());
-    for m in sorted {
+    for &(m, _) in &sorted {
         buf.extend_from_slice(&(m.name.len() as u64).to_le_bytes());
         buf.extend_from_slice(m.name.as_bytes());
         buf.extend_from_slice(&m.weight.get().to_le_bytes());
+    }
+    if excluded.iter().any(|&e| e) {
+        buf.extend_from_slice(b"excluded\0");
+        for (m, _) in sorted.iter().filter(|(_, e)| *e) {
+            buf.extend_from_slice(&(m.name.len() as u64).to_le_bytes());
+            buf.extend_from_slice(m.name.as_bytes());
+        }
     }
     xxh3_64_with_seed(&buf, 0)
 }
 
 /// Iterator over a key's distinct members in preference order.
 pub struct Preference<'a> {
-    walk: Walk<'a>,
-    seen: Seen,
-    left: usize,
+    order: Order<'a>,
+}
+
+enum Order<'a> {
+    /// Rings and Maglev: a walk with repeats, kept to first sightings;
+    /// `left` counts the distinct members still to meet.
+    Walk {
+        walk: Walk<'a>,
+        seen: Seen,
+        left: usize,
+    },
+    /// Rendezvous: already distinct, by descending score.
+    Ranked(Ranked<'a>),
 }
 
 impl Iterator for Preference<'_> {
@@ -282,16 +521,21 @@ impl Iterator for Preference<'_> {
 
     #[inline]
     fn next(&mut self) -> Option<usize> {
-        if self.left == 0 {
-            return None;
-        }
-        for m in self.walk.by_ref() {
-            if self.seen.insert(m) {
-                self.left -= 1;
-                return Some(m as usize);
+        match &mut self.order {
+            Order::Walk { walk, seen, left } => {
+                if *left == 0 {
+                    return None;
+                }
+                for m in walk.by_ref() {
+                    if seen.insert(m) {
+                        *left -= 1;
+                        return Some(m as usize);
+                    }
+                }
+                None
             }
+            Order::Ranked(r) => r.next().map(|m| m as usize),
         }
-        None
     }
 }
 
@@ -338,5 +582,7 @@ impl Seen {
     }
 }
 
+#[cfg(test)]
+mod algorithm_tests;
 #[cfg(test)]
 mod tests;

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 // ---------------------------------------------------------------- helpers
 
-fn member(name: &str, weight: u32) -> Member {
+pub(super) fn member(name: &str, weight: u32) -> Member {
     Member {
         name: name.into(),
         weight: NonZeroU32::new(weight).expect("weight must be non-zero"),
@@ -17,7 +17,7 @@ fn member(name: &str, weight: u32) -> Member {
 }
 
 /// `n` members named `b0..b{n-1}`, weight 1.
-fn pool(n: usize) -> Vec<Member> {
+pub(super) fn pool(n: usize) -> Vec<Member> {
     (0..n).map(|i| member(&format!("b{i}"), 1)).collect()
 }
 
@@ -25,11 +25,11 @@ fn ring(members: Vec<Member>, vnodes: u32, seed: u64) -> Ring {
     Ring::build(members, Algorithm::Ring { vnodes }, seed).expect("ring builds")
 }
 
-fn owner_name(ring: &Ring, hash: u64) -> &str {
+pub(super) fn owner_name(ring: &Ring, hash: u64) -> &str {
     &ring.members()[ring.owner(hash)].name
 }
 
-fn share_of(ring: &Ring, name: &str) -> f64 {
+pub(super) fn share_of(ring: &Ring, name: &str) -> f64 {
     let i = ring
         .members()
         .iter()
@@ -38,16 +38,16 @@ fn share_of(ring: &Ring, name: &str) -> f64 {
     ring.shares()[i]
 }
 
-/// The ring's points (arc end points), in order.
-fn points(ring: &Ring) -> Vec<u64> {
-    let Table::Ketama(k) = &ring.table;
-    k.arcs().map(|(p, _)| p).collect()
+/// The last hash of each run of hashes with one owner, in order: a ring's
+/// points (arc end points), a Maglev table's run ends; none for rendezvous.
+pub(super) fn points(ring: &Ring) -> Vec<u64> {
+    ring.run_ends()
 }
 
 /// `random` pseudo-random hashes from `seed`, the keyspace's edges, and every
 /// point of `rings` together with its two neighbours, so that the exact arc
 /// boundaries are probed as well as the arcs' interiors.
-fn probes(rings: &[&Ring], seed: u64, random: usize) -> Vec<u64> {
+pub(super) fn probes(rings: &[&Ring], seed: u64, random: usize) -> Vec<u64> {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut hashes: Vec<u64> = (0..random).map(|_| rng.u64(..)).collect();
     hashes.extend([0, 1, 1 << 63, u64::MAX - 1, u64::MAX]);
@@ -59,7 +59,7 @@ fn probes(rings: &[&Ring], seed: u64, random: usize) -> Vec<u64> {
     hashes
 }
 
-fn without(members: &[Member], name: &str) -> Vec<Member> {
+pub(super) fn without(members: &[Member], name: &str) -> Vec<Member> {
     members
         .iter()
         .filter(|m| &*m.name != name)
@@ -359,7 +359,7 @@ fn moved_fraction_agrees_with_sampling() {
 
 /// 1..=`max` members with random distinct names (including `#`, the
 /// separator of vnode labels) and weights 1..=4, in random order.
-fn members_strategy(min: usize, max: usize) -> impl Strategy<Value = Vec<Member>> {
+pub(super) fn members_strategy(min: usize, max: usize) -> impl Strategy<Value = Vec<Member>> {
     prop::collection::btree_map("[a-z0-9#.-]{1,8}", 1u32..=4, min..=max)
         .prop_map(|m| {
             m.into_iter()
