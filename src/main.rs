@@ -57,6 +57,21 @@ enum Command {
     Stdio,
 }
 
+/// `println!` that treats a closed stdout (`stickylb route ... | head`) as
+/// the end of the command rather than an error.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        if let Err(e) = writeln!(stdout, $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            return Err(Failure(format!("cannot write to stdout: {e}")));
+        }
+    }};
+}
+
 /// A failure to report as one sentence, with exit code 1.
 struct Failure(String);
 
@@ -114,7 +129,7 @@ fn check(path: &Path) -> Result<(), Failure> {
         }
         config::AlgorithmConfig::Rendezvous => "rendezvous".to_string(),
     };
-    println!(
+    out!(
         "{}: ok, {} backends, algorithm {algorithm}, seed {}, fingerprint {:016x}",
         path.display(),
         config.backends.len(),
@@ -128,7 +143,7 @@ fn check(path: &Path) -> Result<(), Failure> {
         .max()
         .unwrap_or(0);
     for (b, share) in config.backends.iter().zip(ring.shares()) {
-        println!(
+        out!(
             "  {:width$}  {:21}  weight {:<3}  share {:6.2}%",
             b.name,
             b.address,
@@ -144,7 +159,7 @@ fn route(path: &Path, keys: &[String]) -> Result<(), Failure> {
     let ring = ring_of(&config).map_err(|e| format!("{}: {e}", path.display()))?;
     for key in keys {
         let owner = ring.owner(ring.hash(key.as_bytes()));
-        println!("{key} -> {}", ring.members()[owner].name);
+        out!("{key} -> {}", ring.members()[owner].name);
     }
     Ok(())
 }
@@ -152,9 +167,9 @@ fn route(path: &Path, keys: &[String]) -> Result<(), Failure> {
 fn diff(old: &Path, new: &Path, json: bool) -> Result<(), Failure> {
     let d = reload::diff(&load(old)?, &load(new)?)?;
     if json {
-        println!("{}", serde_json::to_string(&d)?);
+        out!("{}", serde_json::to_string(&d)?);
     } else {
-        print!("{}", d.to_text());
+        out!("{}", d.to_text().trim_end());
     }
     Ok(())
 }

@@ -212,3 +212,31 @@ fn check_names_a_missing_or_invalid_certificate_file() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn closed_stdout_ends_quietly() {
+    use std::io::Read;
+    let keys: Vec<String> = (0..50_000).map(|i| format!("k{i}")).collect();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stickylb"))
+        .args([
+            "route",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"),
+        ])
+        .args(&keys)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run stickylb");
+    let mut first = [0u8; 16];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    // The reader goes away, as `| head -1` does.
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}
