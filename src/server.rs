@@ -69,11 +69,19 @@ pub async fn run_with(
     let slots = Arc::new(Semaphore::new(max));
     tokio::pin!(shutdown);
 
+    // Log the limit once per episode of being at it, not per waiting client.
+    let mut at_limit = false;
     loop {
         let permit = match slots.clone().try_acquire_owned() {
-            Ok(p) => p,
+            Ok(p) => {
+                at_limit = false;
+                p
+            }
             Err(_) => {
-                tracing::warn!("{max} connections open (limits.max_connections): new connections wait until one closes");
+                if !at_limit {
+                    tracing::warn!("{max} connections open (limits.max_connections): new connections wait until one closes");
+                    at_limit = true;
+                }
                 tokio::select! {
                     () = &mut shutdown => break,
                     p = slots.clone().acquire_owned() => match p {

@@ -326,3 +326,38 @@ async fn maglev_fails_over_to_the_rebuilt_table_and_others_stay() {
     wait_health(&proxy, Duration::from_secs(3), |h| h.iter().all(|&x| x)).await;
     assert_eq!(owners(&proxy, &keys).await, before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_makes_new_clients_wait_not_fail() {
+    let backend = spawn_backend("b").await;
+    let proxy = spawn_proxy(&config_text(
+        &[&backend],
+        "",
+        "[limits]\nmax_connections = 2",
+    ))
+    .await;
+    // Two open connections take both places.
+    let mut held = vec![
+        TcpStream::connect(proxy.addr).await.unwrap(),
+        TcpStream::connect(proxy.addr).await.unwrap(),
+    ];
+    let client = client();
+    let mut waiting = tokio::spawn({
+        let client = client.clone();
+        let addr = proxy.addr;
+        async move { send(&client, get(addr, "/", &[("x-client-id", "w")])).await }
+    });
+    // While both places are taken, the third client is not served...
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut waiting).await;
+    assert!(
+        early.is_err(),
+        "a third connection was served past max_connections = 2"
+    );
+    // ...and once one closes, it is, without an error.
+    drop(held.pop());
+    let r = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("served once a place frees")
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+}
