@@ -21,7 +21,6 @@ use criterion::{
 use pingora_ketama::{Bucket, Continuum};
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::num::NonZeroU32;
 use std::time::Duration;
 use stickylb::ring::{Algorithm, Member, Ring};
 
@@ -31,12 +30,7 @@ const KEYS: usize = 1024;
 const BALANCED_VNODES: u32 = 640;
 
 fn members(n: usize) -> Vec<Member> {
-    (0..n)
-        .map(|i| Member {
-            name: format!("backend-{i}").into(),
-            weight: NonZeroU32::MIN,
-        })
-        .collect()
+    Member::numbered(n)
 }
 
 fn build(n: usize, algorithm: Algorithm) -> Ring {

@@ -8,7 +8,6 @@ use criterion::{
     criterion_group, criterion_main, BatchSize, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
 };
 use std::hint::black_box;
-use std::num::NonZeroU32;
 use std::time::Duration;
 use stickylb::ring::{Algorithm, Member, Ring};
 
@@ -17,12 +16,7 @@ const KEYS: usize = 1024;
 const VNODES: u32 = 160;
 
 fn members(n: usize) -> Vec<Member> {
-    (0..n)
-        .map(|i| Member {
-            name: format!("backend-{i}").into(),
-            weight: NonZeroU32::MIN,
-        })
-        .collect()
+    Member::numbered(n)
 }
 
 fn build(n: usize) -> Ring {

@@ -7,7 +7,6 @@
 //! `cargo run --release --example quality` (about a minute; rendezvous at
 //! N = 1000 scores a billion draws per pass).
 
-use std::num::NonZeroU32;
 use stickylb::ring::{Algorithm, Member, Ring};
 
 const KEYS: usize = 1_000_000;
@@ -15,12 +14,7 @@ const SIZES: [usize; 4] = [3, 10, 100, 1000];
 const SEED: u64 = 0;
 
 fn members(n: usize) -> Vec<Member> {
-    (0..n)
-        .map(|i| Member {
-            name: format!("backend-{i}").into(),
-            weight: NonZeroU32::MIN,
-        })
-        .collect()
+    Member::numbered(n)
 }
 
 fn build(n: usize, algorithm: Algorithm) -> Ring {

@@ -29,6 +29,19 @@ pub struct Member {
     pub weight: NonZeroU32,
 }
 
+impl Member {
+    /// `backend-0` .. `backend-{n-1}`, weight 1: the pool that benchmarks
+    /// and reports measure.
+    pub fn numbered(n: usize) -> Vec<Member> {
+        (0..n)
+            .map(|i| Member {
+                name: format!("backend-{i}").into(),
+                weight: NonZeroU32::MIN,
+            })
+            .collect()
+    }
+}
+
 /// Why a ring could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RingError {
