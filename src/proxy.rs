@@ -519,7 +519,8 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
         Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
         _ => ip.to_string(),
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    // The string's buffer becomes the header value: one allocation, no copy.
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
         headers.insert(X_FORWARDED_FOR, v);
     }
 }
