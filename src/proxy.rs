@@ -495,7 +495,19 @@ fn retarget(req: &mut Request<Incoming>, backend: &Backend) {
 
 /// Removes the hop-by-hop headers, including any the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
+    let mut values = headers.get_all(header::CONNECTION).iter();
+    if let (Some(_), None) = (values.next(), values.next()) {
+        // The usual single `Connection` value: taken out whole (no copy),
+        // then each header it names removed by name, without allocating.
+        if let Some(v) = headers.remove(header::CONNECTION) {
+            for token in v.to_str().unwrap_or("").split(',') {
+                let token = token.trim();
+                if !token.is_empty() {
+                    headers.remove(token);
+                }
+            }
+        }
+    } else if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
