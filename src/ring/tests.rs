@@ -67,6 +67,54 @@ pub(super) fn without(members: &[Member], name: &str) -> Vec<Member> {
         .collect()
 }
 
+/// `new` is `old` plus `added`: every probed key that moved went to
+/// `added`, and the exact moved fraction is `added`'s share.
+pub(super) fn check_add(
+    old: &Ring,
+    new: &Ring,
+    added: &str,
+    hashes: &[u64],
+) -> Result<(), TestCaseError> {
+    for &h in hashes {
+        let (before, after) = (owner_name(old, h), owner_name(new, h));
+        if before != after {
+            prop_assert_eq!(after, added, "hash {:#x} moved from {}", h, before);
+        }
+    }
+    let (moved, share) = (old.moved_fraction(new), share_of(new, added));
+    prop_assert!(
+        (moved - share).abs() < 1e-9,
+        "moved {} vs share {}",
+        moved,
+        share
+    );
+    Ok(())
+}
+
+/// `new` is `old` without `removed`: every probed key that moved was
+/// `removed`'s, and the exact moved fraction is `removed`'s share.
+pub(super) fn check_remove(
+    old: &Ring,
+    new: &Ring,
+    removed: &str,
+    hashes: &[u64],
+) -> Result<(), TestCaseError> {
+    for &h in hashes {
+        let (before, after) = (owner_name(old, h), owner_name(new, h));
+        if before != after {
+            prop_assert_eq!(before, removed, "hash {:#x} moved to {}", h, after);
+        }
+    }
+    let (moved, share) = (old.moved_fraction(new), share_of(old, removed));
+    prop_assert!(
+        (moved - share).abs() < 1e-9,
+        "moved {} vs share {}",
+        moved,
+        share
+    );
+    Ok(())
+}
+
 // ------------------------------------------------------------ unit tests
 
 #[test]
@@ -440,16 +488,8 @@ proptest! {
         let added = all[which.index(all.len())].name.clone();
         let old = ring(without(&all, &added), vnodes, seed);
         let new = ring(all, vnodes, seed);
-        for h in probes(&[&old, &new], probe_seed, 500) {
-            let (before, after) = (owner_name(&old, h), owner_name(&new, h));
-            if before != after {
-                prop_assert_eq!(after, &*added, "hash {:#x} moved from {}", h, before);
-            }
-        }
-        let moved = old.moved_fraction(&new);
-        let share = share_of(&new, &added);
-        prop_assert!((moved - share).abs() < 1e-9, "moved {} vs share {}", moved, share);
-        prop_assert!((new.moved_fraction(&old) - moved).abs() < 1e-9);
+        check_add(&old, &new, &added, &probes(&[&old, &new], probe_seed, 500))?;
+        prop_assert!((new.moved_fraction(&old) - old.moved_fraction(&new)).abs() < 1e-9);
     }
 
     #[test]
@@ -463,15 +503,7 @@ proptest! {
         let removed = all[which.index(all.len())].name.clone();
         let old = ring(all.clone(), vnodes, seed);
         let new = ring(without(&all, &removed), vnodes, seed);
-        for h in probes(&[&old, &new], probe_seed, 500) {
-            let (before, after) = (owner_name(&old, h), owner_name(&new, h));
-            if before != after {
-                prop_assert_eq!(before, &*removed, "hash {:#x} moved to {}", h, after);
-            }
-        }
-        let moved = old.moved_fraction(&new);
-        let share = share_of(&old, &removed);
-        prop_assert!((moved - share).abs() < 1e-9, "moved {} vs share {}", moved, share);
+        check_remove(&old, &new, &removed, &probes(&[&old, &new], probe_seed, 500))?;
     }
 
     #[test]
