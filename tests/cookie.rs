@@ -64,9 +64,7 @@ async fn keyless_client_gets_a_cookie_and_stays_with_it() {
     let other = cookie_id(&send(&client(), get(proxy.addr, "/", &[])).await);
     assert_ne!(other, id);
 
-    let text = send(&client(), get(proxy.admin, "/metrics", &[]))
-        .await
-        .text();
+    let text = proxy.metrics_text().await;
     assert_eq!(
         metric(&text, "stickylb_key_source_total{source=\"generated\"}"),
         Some(2.0),
@@ -131,9 +129,7 @@ async fn parallel_first_streams_of_one_h2_connection_share_one_id() {
         ids.insert(id);
     }
     assert_eq!(ids.len(), 3, "each connection its own id");
-    let text = send(&client(), get(proxy.admin, "/metrics", &[]))
-        .await
-        .text();
+    let text = proxy.metrics_text().await;
     assert_eq!(
         metric(&text, "stickylb_key_source_total{source=\"generated\"}"),
         Some(30.0),

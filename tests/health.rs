@@ -82,9 +82,7 @@ async fn dead_backend_keys_fail_over_and_come_back() {
         }
     }
     assert!(moved > 300, "backend-2 owned {moved} of 2000 keys");
-    let m = send(&client(), get(proxy.admin, "/metrics", &[]))
-        .await
-        .text();
+    let m = proxy.metrics_text().await;
     assert_eq!(
         metric(
             &m,
@@ -155,9 +153,7 @@ async fn killing_a_backend_under_load_loses_nothing() {
     load.wait_sent(at_kill + 1500).await;
     let (sent, failed) = load.finish().await;
     assert_eq!(failed, 0, "{failed} of {sent} requests failed");
-    let m = send(&client(), get(proxy.admin, "/metrics", &[]))
-        .await
-        .text();
+    let m = proxy.metrics_text().await;
     let dead = &pool[0].name;
     assert!(
         metric(
@@ -221,9 +217,7 @@ async fn bounded_loads_spread_one_hot_key() {
         by_backend[&owner] >= 20,
         "the owner keeps most: {by_backend:?}"
     );
-    let m = send(&client, get(proxy.admin, "/metrics", &[]))
-        .await
-        .text();
+    let m = proxy.metrics_text().await;
     let overload = metric(&m, "stickylb_remapped_requests_total{reason=\"overload\"}").unwrap();
     assert_eq!(overload as usize, 60 - by_backend[&owner]);
 }

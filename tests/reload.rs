@@ -142,9 +142,7 @@ impl Live {
     }
 
     async fn metrics_text(&self) -> String {
-        send(&client(), get(self.proxy.admin, "/metrics", &[]))
-            .await
-            .text()
+        self.proxy.metrics_text().await
     }
 }
 

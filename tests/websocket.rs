@@ -77,9 +77,7 @@ async fn websocket_exchanges_100_messages_and_counts_1xx() {
     exchange(&mut ws, 100).await;
     ws.close(None).await.expect("close");
 
-    let text = send(&client(), get(proxy.admin, "/metrics", &[]))
-        .await
-        .text();
+    let text = proxy.metrics_text().await;
     let series = format!("stickylb_requests_total{{backend=\"{owner}\",code_class=\"1xx\"}}");
     assert_eq!(metric(&text, &series), Some(1.0), "{text}");
 }

@@ -316,6 +316,15 @@ impl Drop for TestProxy {
     }
 }
 
+impl TestProxy {
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        send(&client(), get(self.admin, "/metrics", &[]))
+            .await
+            .text()
+    }
+}
+
 pub async fn spawn_proxy(config_text: &str) -> TestProxy {
     let config = config::from_toml_str(config_text, "test.toml").expect("valid test config");
     let metrics = Arc::new(Metrics::new());
