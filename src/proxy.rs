@@ -11,7 +11,7 @@ use crate::idle::{self, Activity, Tracked};
 use crate::key::{GeneratedId, Key, KeyKind, NoKey};
 use crate::metrics::Metrics;
 use crate::router::{Reason, Router};
-use crate::upstream::{ConnectError, SendError, UpstreamBody};
+use crate::upstream::{connection_has, ConnectError, SendError, UpstreamBody};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
@@ -417,13 +417,7 @@ fn upgrade_of(req: &Request<Incoming>) -> Option<HeaderValue> {
     if req.version() != Version::HTTP_11 {
         return None;
     }
-    let asks = req
-        .headers()
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let asks = connection_has(req.headers(), "upgrade");
     asks.then(|| req.headers().get(header::UPGRADE).cloned())
         .flatten()
 }

@@ -169,20 +169,22 @@ fn keeps_alive(parts: &http::response::Parts) -> bool {
     if parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
         return false;
     }
-    let has = |token: &str| {
-        parts
-            .headers
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
+    let has = |token: &str| connection_has(&parts.headers, token);
     if parts.version == http::Version::HTTP_10 {
         has("keep-alive")
     } else {
         !has("close")
     }
+}
+
+/// Whether the `Connection` header lists `token` (case-insensitive).
+pub(crate) fn connection_has(headers: &http::HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// A backend's response body, streamed; hands the connection back to its
