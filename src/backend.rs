@@ -7,6 +7,7 @@
 use crate::metrics::BackendMetrics;
 use crate::upstream::Pool;
 use http::uri::Authority;
+use http::HeaderValue;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -25,8 +26,9 @@ pub struct Backend {
     pub name: Arc<str>,
     /// `host:port` as configured.
     pub address: Box<str>,
-    /// The address as a URI authority, built once for request rewriting.
-    pub authority: Authority,
+    /// The address as a `Host` value, built once: the `Host` of an HTTP/1.0
+    /// request that carried none (RFC 9112 §3.2).
+    pub host: HeaderValue,
     pub weight: NonZeroU32,
     pub metrics: BackendMetrics,
     pub upstream: UpstreamOptions,
@@ -122,11 +124,13 @@ impl Backend {
         let authority = address
             .parse::<Authority>()
             .map_err(|e| format!("backend {name:?}: address {address:?}: {e}"))?;
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|e| format!("backend {name:?}: address {address:?}: {e}"))?;
         metrics.healthy.set(i64::from(health.is_healthy()));
         Ok(Backend {
             name: name.into(),
             address: address.into(),
-            authority,
+            host,
             weight,
             metrics,
             upstream,

@@ -166,7 +166,13 @@ pub struct Timeouts {
     pub connect: Duration,
     pub response_headers: Duration,
     pub client_header_read: Duration,
+    /// The longest pause between two pieces of a client's request body;
+    /// past it the client gets 408.
+    pub client_body_read: Duration,
+    /// Client connections with nothing in flight this long are closed.
     pub idle: Duration,
+    /// Idle pooled backend connections are closed after this long.
+    pub upstream_idle: Duration,
     pub shutdown_grace: Duration,
     /// An upgraded connection (WebSocket) with no bytes either way this
     /// long is closed.
@@ -273,7 +279,9 @@ struct RawTimeouts {
     connect: Option<Spanned<String>>,
     response_headers: Option<Spanned<String>>,
     client_header_read: Option<Spanned<String>>,
+    client_body_read: Option<Spanned<String>>,
     idle: Option<Spanned<String>>,
+    upstream_idle: Option<Spanned<String>>,
     shutdown_grace: Option<Spanned<String>>,
     upgraded_idle: Option<Spanned<String>>,
 }
@@ -825,7 +833,9 @@ fn timeouts(at: &At<'_>, raw: Option<RawTimeouts>) -> Result<Timeouts, ConfigErr
         connect: None,
         response_headers: None,
         client_header_read: None,
+        client_body_read: None,
         idle: None,
+        upstream_idle: None,
         shutdown_grace: None,
         upgraded_idle: None,
     });
@@ -837,7 +847,9 @@ fn timeouts(at: &At<'_>, raw: Option<RawTimeouts>) -> Result<Timeouts, ConfigErr
         connect: d(&raw.connect, "connect", 1, false)?,
         response_headers: d(&raw.response_headers, "response_headers", 30, false)?,
         client_header_read: d(&raw.client_header_read, "client_header_read", 10, false)?,
+        client_body_read: d(&raw.client_body_read, "client_body_read", 60, false)?,
         idle: d(&raw.idle, "idle", 60, false)?,
+        upstream_idle: d(&raw.upstream_idle, "upstream_idle", 60, false)?,
         shutdown_grace: d(&raw.shutdown_grace, "shutdown_grace", 30, true)?,
         upgraded_idle: d(&raw.upgraded_idle, "upgraded_idle", 3600, false)?,
     })

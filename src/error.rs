@@ -1,6 +1,6 @@
 //! Every failure the proxy answers itself, mapped to a status code, a short
-//! plain-text body naming the cause, a metric label and a log level, here
-//! and nowhere else.
+//! plain-text body naming the cause, a metric label, who is at fault and a
+//! log level, here and nowhere else.
 
 use http::StatusCode;
 
@@ -8,21 +8,71 @@ use http::StatusCode;
 pub enum ProxyError {
     /// No key in the request and `missing_key = "reject"`.
     MissingKey,
+    /// The request head breaks an HTTP rule (RFC 9112 §3.2: no `Host` in
+    /// HTTP/1.1, or more than one).
+    BadRequest(BadRequest),
+    /// The client stopped sending its request body for
+    /// `timeouts.client_body_read`.
+    ClientTimeout,
+    /// A method the proxy does not forward (`CONNECT`).
+    Method,
     /// The backend could not be connected to (refused, unreachable, connect timeout).
     Connect,
     /// The backend did not send response headers within `timeouts.response_headers`.
     Timeout,
     /// The backend connection failed after the request was sent, or it sent garbage.
     Protocol,
+    /// The backend answered `101 Switching Protocols` to a request that
+    /// asked for no upgrade.
+    UnaskedUpgrade,
     /// No backend is available.
     NoBackend,
+}
+
+/// What is wrong with a request the proxy refuses with 400.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadRequest {
+    NoHost,
+    ManyHosts,
+    /// The request body's framing is malformed, or it ended early.
+    Body,
+}
+
+/// The `kind` label of `upstream_errors_total`: a failure of the backend
+/// or of the way to it, never of the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    Connect,
+    Timeout,
+    Protocol,
+}
+
+impl UpstreamErrorKind {
+    /// Label values, indexed by `kind as usize`.
+    pub const ALL: [UpstreamErrorKind; 3] = [
+        UpstreamErrorKind::Connect,
+        UpstreamErrorKind::Timeout,
+        UpstreamErrorKind::Protocol,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Protocol => "protocol",
+        }
+    }
 }
 
 impl ProxyError {
     pub fn status(self) -> StatusCode {
         match self {
-            ProxyError::MissingKey => StatusCode::BAD_REQUEST,
-            ProxyError::Connect | ProxyError::Protocol => StatusCode::BAD_GATEWAY,
+            ProxyError::MissingKey | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::Method => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Connect | ProxyError::Protocol | ProxyError::UnaskedUpgrade => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -34,29 +84,85 @@ impl ProxyError {
             ProxyError::MissingKey => {
                 "missing client id: the request carries none of the configured routing keys\n"
             }
+            ProxyError::BadRequest(BadRequest::NoHost) => {
+                "bad request: an HTTP/1.1 request must carry a Host header\n"
+            }
+            ProxyError::BadRequest(BadRequest::ManyHosts) => {
+                "bad request: more than one Host header\n"
+            }
+            ProxyError::BadRequest(BadRequest::Body) => {
+                "bad request: the request body is malformed or incomplete\n"
+            }
+            ProxyError::ClientTimeout => {
+                "request timeout: the client stopped sending its request body\n"
+            }
+            ProxyError::Method => "method not allowed: this proxy does not tunnel CONNECT\n",
             ProxyError::Connect => "bad gateway: could not connect to the backend\n",
             ProxyError::Timeout => "gateway timeout: the backend did not answer in time\n",
             ProxyError::Protocol => "bad gateway: the backend connection failed\n",
+            ProxyError::UnaskedUpgrade => {
+                "bad gateway: the backend switched protocols though no upgrade was asked for\n"
+            }
             ProxyError::NoBackend => "service unavailable: no healthy backend\n",
         }
     }
 
-    /// For upstream failures, the index of its `kind` label in
-    /// `metrics::UPSTREAM_ERROR_KINDS` (connect, timeout, protocol).
-    pub fn upstream_kind(self) -> Option<usize> {
+    /// The `cause` label of `proxy_responses_total`.
+    pub fn cause(self) -> &'static str {
         match self {
-            ProxyError::Connect => Some(0),
-            ProxyError::Timeout => Some(1),
-            ProxyError::Protocol => Some(2),
-            ProxyError::MissingKey | ProxyError::NoBackend => None,
+            ProxyError::MissingKey => "missing_key",
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::ClientTimeout => "client_timeout",
+            ProxyError::Method => "method",
+            ProxyError::Connect => "connect",
+            ProxyError::Timeout => "timeout",
+            ProxyError::Protocol | ProxyError::UnaskedUpgrade => "protocol",
+            ProxyError::NoBackend => "no_backend",
+        }
+    }
+
+    /// For failures of the backend, the `kind` of `upstream_errors_total`;
+    /// `None` for the client's faults and the proxy's own refusals.
+    pub fn upstream_kind(self) -> Option<UpstreamErrorKind> {
+        match self {
+            ProxyError::Connect => Some(UpstreamErrorKind::Connect),
+            ProxyError::Timeout => Some(UpstreamErrorKind::Timeout),
+            ProxyError::Protocol | ProxyError::UnaskedUpgrade => Some(UpstreamErrorKind::Protocol),
+            ProxyError::MissingKey
+            | ProxyError::BadRequest(_)
+            | ProxyError::ClientTimeout
+            | ProxyError::Method
+            | ProxyError::NoBackend => None,
         }
     }
 
     /// Client mistakes are routine; backend failures are worth a warning.
     pub fn log_level(self) -> tracing::Level {
         match self {
-            ProxyError::MissingKey => tracing::Level::DEBUG,
+            ProxyError::MissingKey
+            | ProxyError::BadRequest(_)
+            | ProxyError::ClientTimeout
+            | ProxyError::Method => tracing::Level::DEBUG,
             _ => tracing::Level::WARN,
+        }
+    }
+}
+
+impl From<crate::wire::Refusal> for ProxyError {
+    fn from(r: crate::wire::Refusal) -> Self {
+        match r {
+            crate::wire::Refusal::NoHost => ProxyError::BadRequest(BadRequest::NoHost),
+            crate::wire::Refusal::ManyHosts => ProxyError::BadRequest(BadRequest::ManyHosts),
+            crate::wire::Refusal::Connect => ProxyError::Method,
+        }
+    }
+}
+
+impl From<crate::body::BodyFault> for ProxyError {
+    fn from(f: crate::body::BodyFault) -> Self {
+        match f {
+            crate::body::BodyFault::Broken => ProxyError::BadRequest(BadRequest::Body),
+            crate::body::BodyFault::Stalled => ProxyError::ClientTimeout,
         }
     }
 }

@@ -11,6 +11,9 @@
 //! - `router`: `Snapshot { ring, backends, key spec, timeouts }` behind one `ArcSwap`.
 //! - `reload`: notify + SIGHUP -> parse -> build -> swap -> metrics; `diff`.
 //! - `health`: active probes with rise/fall; writes backend health only.
+//! - `wire`: the RFC rules of an intermediary: refused requests, the
+//!   backend's request head (origin-form, one `Host`), the client's response head.
+//! - `body`: request bodies going upstream; the client's faults told apart.
 //! - `error`: every failure the proxy answers itself -> status and body.
 //! - `proxy`: the request path: key -> pick -> rewrite -> forward -> finish.
 //! - `tls`: certificate and key PEM files -> rustls server config (ALPN h2, http/1.1).
@@ -33,6 +36,7 @@
 
 pub mod admin;
 pub mod backend;
+pub mod body;
 pub mod config;
 pub mod demo;
 pub mod error;
@@ -48,3 +52,4 @@ pub mod server;
 pub mod stdio;
 pub mod tls;
 pub mod upstream;
+pub mod wire;

@@ -4,18 +4,19 @@
 //! becomes a byte tunnel. Nothing here knows about TOML or files.
 
 use crate::backend::{Backend, InFlight};
+use crate::body::{BodyProgress, ClientBody, RequestBody};
 use crate::config::StickyCookie;
 use crate::config::{Log, LogFormat};
-use crate::error::ProxyError;
+use crate::error::{ProxyError, UpstreamErrorKind};
 use crate::idle::{self, Activity, Tracked};
 use crate::key::{GeneratedId, Key, KeyKind, NoKey};
 use crate::metrics::Metrics;
 use crate::router::{Reason, Router};
-use crate::upstream::{connection_has, ConnectError, SendError, UpstreamBody};
+use crate::upstream::{Conn, ConnectError, SendError, UpstreamBody};
+use crate::wire;
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
-use http::{Request, Response, Uri, Version};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::body::{Body, Frame, SizeHint};
@@ -73,6 +74,7 @@ struct Picked {
     hash: u64,
     source: KeyKind,
     response_timeout: Duration,
+    client_body_read: Duration,
     /// `health.fall` when health checks run: connect failures count too.
     fall: Option<u32>,
     log: Log,
@@ -108,24 +110,6 @@ impl Body for Streamed {
     }
 }
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1,
-/// plus the de-facto `Proxy-Connection` and the proxy authentication pair).
-const HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
 impl Proxy {
     pub fn new(router: Arc<Router>, metrics: Arc<Metrics>) -> Self {
         let key_sources = KeyKind::ALL.map(|k| metrics.key_source(k.as_str()));
@@ -157,52 +141,76 @@ impl Proxy {
         state: &ConnState,
     ) -> Response<ProxyBody> {
         let start = Instant::now();
-        let picked = match self.pick(&req, conn, state) {
+        // An upgrade keeps its `Upgrade` value; the client side's upgraded
+        // stream is taken before the request moves on.
+        let upgrade = wire::upgrade_of(req.version(), req.headers())
+            .map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
+        let (mut parts, body) = req.into_parts();
+        let picked = match wire::check_request(&parts)
+            .map_err(ProxyError::from)
+            .and_then(|()| self.pick(&parts, conn, state))
+        {
             Ok(picked) => picked,
             Err(e) => {
-                log_error(e, None, req.method(), req.uri().path());
+                log_error(e, None, &parts.method, parts.uri.path());
                 return error_response(e);
             }
         };
         // Cheap copies (no allocation) for the log lines after the request is sent.
-        let method = req.method().clone();
-        let path = req.uri().path_and_query().cloned();
-        // An upgrade keeps its `Upgrade` value; the client side's upgraded
-        // stream is taken before the request moves on.
-        let upgrade = upgrade_of(&req).map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
-        let mut req = rewrite(req, picked.in_flight.backend(), conn);
+        let method = parts.method.clone();
+        let path = parts.uri.path_and_query().cloned();
+        let trailers = wire::accepts_trailers(&parts);
+        let backend_host = &picked.in_flight.backend().host;
+        let fallback_host =
+            wire::upstream_request(&mut parts, backend_host, conn.peer, conn.scheme, trailers);
         if let Some((protocol, _)) = &upgrade {
-            set_upgrade(req.headers_mut(), protocol.clone());
+            wire::set_upgrade(&mut parts.headers, protocol.clone());
         }
+        let (body, progress) = if body.is_end_stream() {
+            (RequestBody::Empty, None)
+        } else {
+            let (body, progress) = ClientBody::new(body, picked.client_body_read);
+            (RequestBody::Client(body), Some(progress))
+        };
+        let req = Request::from_parts(parts, body);
         let (hash, fall, timeout) = (picked.hash, picked.fall, picked.response_timeout);
         let (source, log) = (picked.source, picked.log);
-        let result = self
-            .forward(req, picked.in_flight, hash, fall, timeout)
-            .await;
+        let exchange = Exchange {
+            hash,
+            fall,
+            response_timeout: timeout,
+            body: progress.as_deref(),
+            fallback_host,
+        };
+        let result = self.forward(req, picked.in_flight, exchange).await;
         let path = path.as_ref().map_or("/", |p| p.path());
         let (mut resp, backend) = match result {
+            Ok((resp, backend, _))
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_none() =>
+            {
+                let e = ProxyError::UnaskedUpgrade;
+                self.upstream_failed(&backend, e);
+                log_error(e, Some(&backend), &method, path);
+                (error_response(e), backend)
+            }
             Ok((mut resp, backend, in_flight)) => {
-                let switched = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-                let tunnel = match upgrade {
-                    Some((_, client)) if switched => {
+                let mut protocol = None;
+                if let Some((_, client)) = upgrade {
+                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                         let upstream = hyper::upgrade::on(&mut resp);
-                        let protocol = resp.headers().get(header::UPGRADE).cloned();
-                        Some((client, upstream, protocol))
+                        protocol = resp.headers().get(header::UPGRADE).cloned();
+                        tokio::spawn(tunnel_bytes(
+                            client,
+                            upstream,
+                            picked.upgraded_idle,
+                            backend.name.clone(),
+                        ));
                     }
-                    _ => None,
-                };
+                }
                 let (mut parts, body) = resp.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                if let Some((client, upstream, protocol)) = tunnel {
-                    if let Some(protocol) = protocol {
-                        set_upgrade(&mut parts.headers, protocol);
-                    }
-                    tokio::spawn(tunnel_bytes(
-                        client,
-                        upstream,
-                        picked.upgraded_idle,
-                        backend.name.clone(),
-                    ));
+                wire::downstream_response(&mut parts);
+                if let Some(protocol) = protocol {
+                    wire::set_upgrade(&mut parts.headers, protocol);
                 }
                 let body = Streamed {
                     body,
@@ -243,13 +251,13 @@ impl Proxy {
     /// snapshot. The snapshot guard is released before returning.
     fn pick(
         &self,
-        req: &Request<Incoming>,
+        req: &http::request::Parts,
         conn: ConnInfo,
         state: &ConnState,
     ) -> Result<Picked, ProxyError> {
         let snap = self.router.load();
         let mut set_cookie = None;
-        let (source, key) = match snap.keys.extract(req.headers(), req.uri(), conn.peer.ip()) {
+        let (source, key) = match snap.keys.extract(&req.headers, &req.uri, conn.peer.ip()) {
             Ok(found) => found,
             Err(NoKey::Generate) => {
                 let id = state.sticky_id();
@@ -277,6 +285,7 @@ impl Proxy {
             hash,
             source,
             response_timeout: snap.timeouts.response_headers,
+            client_body_read: snap.timeouts.client_body_read,
             fall: snap.health.as_ref().map(|h| h.fall),
             log: snap.log,
             set_cookie,
@@ -295,15 +304,15 @@ impl Proxy {
     /// Phase forward: a connection first, then the request, then the
     /// response headers within the timeout. A connect failure (nothing was
     /// sent) is retried once on the next backend in the key's preference
-    /// order; a pooled connection that closed before taking the request is
-    /// replaced by a fresh one. Nothing is retried once bytes went out.
+    /// order. A request a reused connection failed to carry, because the
+    /// backend had closed it (given back unsent, or an idempotent request
+    /// without a body that got no byte of response), goes once more on a
+    /// fresh connection. Nothing else is sent twice.
     async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         mut in_flight: InFlight,
-        hash: u64,
-        fall: Option<u32>,
-        response_timeout: Duration,
+        x: Exchange<'_>,
     ) -> Result<(Response<UpstreamBody>, Arc<Backend>, InFlight), (ProxyError, Arc<Backend>)> {
         let mut backend = in_flight.backend().clone();
         let mut moved_on = false;
@@ -317,18 +326,20 @@ impl Proxy {
             let conn = match conn {
                 Ok(c) => c,
                 Err(e) => {
-                    self.connect_failed(&backend, fall, &e);
+                    self.connect_failed(&backend, x.fall, &e);
                     let next = if moved_on {
                         None
                     } else {
-                        self.next_backend(hash, &backend)
+                        self.next_backend(x.hash, &backend)
                     };
                     match next {
                         Some(next) => {
                             moved_on = true;
                             self.failover.inc();
                             backend = next.backend().clone();
-                            retarget(&mut req, &backend);
+                            if x.fallback_host {
+                                req.headers_mut().insert(header::HOST, backend.host.clone());
+                            }
                             in_flight = next;
                             continue;
                         }
@@ -336,29 +347,65 @@ impl Proxy {
                     }
                 }
             };
-            match tokio::time::timeout(response_timeout, conn.send(req, &backend.pool)).await {
-                Ok(Ok(resp)) => return Ok((resp, backend, in_flight)),
-                Ok(Err(SendError::NotSent(unsent))) if !fresh => {
+            // The keep-alive race can only take a request on a reused
+            // connection; keep what it takes to send such a request again.
+            let replay = (conn.reused() && !fresh)
+                .then(|| replayable(&req))
+                .flatten();
+            let failed = match x.send(conn, req, &backend.pool).await {
+                Ok(resp) => return Ok((resp, backend, in_flight)),
+                Err(failed) => failed,
+            };
+            match (failed, replay) {
+                (Sent::Error(SendError::NotSent(unsent)), _) if !fresh => {
                     req = *unsent;
-                    fresh = true;
                 }
-                Ok(Err(e)) => {
-                    tracing::debug!(backend = &*backend.name, "upstream request failed: {e:?}");
-                    backend.metrics.upstream_error(UPSTREAM_PROTOCOL);
-                    return Err((ProxyError::Protocol, backend));
+                (
+                    Sent::Error(SendError::Failed {
+                        unanswered_reuse: true,
+                        ..
+                    }),
+                    Some(copy),
+                ) => {
+                    tracing::debug!(
+                        backend = &*backend.name,
+                        "the backend closed a reused connection under a request: sending it again on a new connection"
+                    );
+                    req = copy;
                 }
-                Err(_) => {
-                    backend.metrics.upstream_error(UPSTREAM_TIMEOUT);
-                    return Err((ProxyError::Timeout, backend));
+                (failed, _) => {
+                    let e = match (x.body.and_then(BodyProgress::fault), failed) {
+                        (Some(fault), _) => ProxyError::from(fault),
+                        (None, Sent::TimedOut) => ProxyError::Timeout,
+                        (None, Sent::Error(e)) => {
+                            tracing::debug!(
+                                backend = &*backend.name,
+                                "upstream request failed: {e:?}"
+                            );
+                            ProxyError::Protocol
+                        }
+                    };
+                    self.upstream_failed(&backend, e);
+                    return Err((e, backend));
                 }
             }
+            fresh = true;
+        }
+    }
+
+    /// Counts a failure in `upstream_errors_total` if it was the backend's.
+    fn upstream_failed(&self, backend: &Backend, e: ProxyError) {
+        if let Some(kind) = e.upstream_kind() {
+            backend.metrics.upstream_error(kind as usize);
         }
     }
 
     /// Counts a connect failure, and with health checks on, a passive
     /// health failure.
     fn connect_failed(&self, backend: &Backend, fall: Option<u32>, e: &ConnectError) {
-        backend.metrics.upstream_error(UPSTREAM_CONNECT);
+        backend
+            .metrics
+            .upstream_error(UpstreamErrorKind::Connect as usize);
         tracing::debug!(backend = &*backend.name, "{e}");
         if let Some(fall) = fall {
             let why = format!("{} requests in a row could not connect ({e})", fall);
@@ -378,54 +425,66 @@ impl Proxy {
     }
 }
 
-/// `upstream_errors_total` kinds, as indices into `UPSTREAM_ERROR_KINDS`.
-const UPSTREAM_CONNECT: usize = 0;
-const UPSTREAM_TIMEOUT: usize = 1;
-const UPSTREAM_PROTOCOL: usize = 2;
-
-/// Phase rewrite: target the backend, drop hop-by-hop headers, add the
-/// forwarding headers, speak HTTP/1.1 upstream.
-fn rewrite(req: Request<Incoming>, backend: &Backend, conn: ConnInfo) -> Request<Incoming> {
-    let (mut parts, body) = req.into_parts();
-    let headers = &mut parts.headers;
-    strip_hop_by_hop(headers);
-
-    let forwarded_host = headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
-    if let Some(host) = forwarded_host {
-        if !headers.contains_key(header::HOST) {
-            headers.insert(header::HOST, host.clone());
-        }
-        headers.insert(X_FORWARDED_HOST, host);
-    }
-    append_forwarded_for(headers, conn.peer);
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(conn.scheme));
-
-    parts.version = Version::HTTP_11;
-    let mut req = Request::from_parts(parts, body);
-    retarget(&mut req, backend);
-    req
+/// What `forward` needs besides the request: the key's hash (for the
+/// next backend), passive health, the response timeout, the client body's
+/// progress, and whether `Host` is the backend's own address.
+struct Exchange<'a> {
+    hash: u64,
+    fall: Option<u32>,
+    response_timeout: Duration,
+    body: Option<&'a BodyProgress>,
+    fallback_host: bool,
 }
 
-/// The `Upgrade` value of an HTTP/1.1 upgrade request (`Connection:
-/// upgrade` plus `Upgrade`), before the hop-by-hop headers go.
-fn upgrade_of(req: &Request<Incoming>) -> Option<HeaderValue> {
-    if req.version() != Version::HTTP_11 {
+/// How one attempt to send a request ended without a response.
+enum Sent {
+    Error(SendError),
+    TimedOut,
+}
+
+impl Exchange<'_> {
+    /// Sends `req` on `conn` and waits for the response head. The backend
+    /// has `response_timeout` to answer; while the client is still sending
+    /// its body, the clock is the client's (its own read timeout applies),
+    /// and the backend's full period starts again once the body is in.
+    async fn send(
+        &self,
+        conn: Conn,
+        req: Request<RequestBody>,
+        pool: &Arc<crate::upstream::Pool>,
+    ) -> Result<Response<UpstreamBody>, Sent> {
+        let send = conn.send(req, pool);
+        tokio::pin!(send);
+        let mut deadline = tokio::time::Instant::now() + self.response_timeout;
+        let mut client_was_sending = false;
+        loop {
+            match tokio::time::timeout_at(deadline, &mut send).await {
+                Ok(res) => return res.map_err(Sent::Error),
+                Err(_) => {
+                    let sending = self.body.is_some_and(BodyProgress::sending);
+                    if !sending && !client_was_sending {
+                        return Err(Sent::TimedOut);
+                    }
+                    client_was_sending = sending;
+                    deadline = tokio::time::Instant::now() + self.response_timeout;
+                }
+            }
+        }
+    }
+}
+
+/// A copy of a request that can be sent again as it is: an idempotent
+/// method (RFC 9110 §9.2.2) and no body.
+fn replayable(req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
+    if !matches!(req.body(), RequestBody::Empty) || !wire::is_idempotent(req.method()) {
         return None;
     }
-    let asks = connection_has(req.headers(), "upgrade");
-    asks.then(|| req.headers().get(header::UPGRADE).cloned())
-        .flatten()
-}
-
-/// `Connection: upgrade` and `Upgrade: protocol`, for the next hop.
-fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
-    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(header::UPGRADE, protocol);
+    let mut copy = Request::new(RequestBody::Empty);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
 }
 
 /// `Set-Cookie` for a generated sticky id.
@@ -472,62 +531,6 @@ async fn tunnel_bytes(
         () = idle::until_idle(&activity, idle) => {
             tracing::debug!(backend = &*backend, "closing upgraded connection idle for {idle:?}");
         }
-    }
-}
-
-/// Points the request at `backend`, keeping its path and query.
-fn retarget(req: &mut Request<Incoming>, backend: &Backend) {
-    let mut uri = std::mem::take(req.uri_mut()).into_parts();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(backend.authority.clone());
-    if uri.path_and_query.is_none() {
-        uri.path_and_query = Some(PathAndQuery::from_static("/"));
-    }
-    // The parts are complete (scheme, authority, path), so this cannot fail.
-    *req.uri_mut() = Uri::from_parts(uri).unwrap_or_default();
-}
-
-/// Removes the hop-by-hop headers, including any the `Connection` header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut values = headers.get_all(header::CONNECTION).iter();
-    if let (Some(_), None) = (values.next(), values.next()) {
-        // The usual single `Connection` value: taken out whole (no copy),
-        // then each header it names removed by name, without allocating.
-        if let Some(v) = headers.remove(header::CONNECTION) {
-            for token in v.to_str().unwrap_or("").split(',') {
-                let token = token.trim();
-                if !token.is_empty() {
-                    headers.remove(token);
-                }
-            }
-        }
-    } else if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
-}
-
-/// `X-Forwarded-For`: what the client sent, then the peer.
-fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
-    let ip = peer.ip().to_canonical();
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
-        _ => ip.to_string(),
-    };
-    // The string's buffer becomes the header value: one allocation, no copy.
-    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
-        headers.insert(X_FORWARDED_FOR, v);
     }
 }
 

@@ -83,7 +83,7 @@ impl Snapshot {
     ) -> Result<Self, String> {
         let upstream = UpstreamOptions {
             connect_timeout: config.timeouts.connect,
-            pool_idle: config.timeouts.idle,
+            pool_idle: config.timeouts.upstream_idle,
         };
         let mut backends = Vec::with_capacity(config.backends.len());
         let mut members = Vec::with_capacity(config.backends.len());

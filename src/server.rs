@@ -221,6 +221,9 @@ impl Connection {
             .timer(TokioTimer::new())
             .header_read_timeout(timeouts.client_header_read)
             .max_buf_size(header_bytes)
+            // A client may shut its write side after a complete request and
+            // still wait for the response (RFC 9112 §9.6).
+            .half_close(true)
             .keep_alive(true);
         // HTTP/2 limits: concurrent streams and header list size bounded;
         // streams reset by the client before being served (rapid reset) and

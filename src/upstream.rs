@@ -2,24 +2,37 @@
 //! acquired (pooled or newly connected) *before* the request is handed to
 //! it, so a connect failure leaves the request untouched and it can be
 //! retried elsewhere. A connection returns to the pool when its response
-//! body has been read to the end.
+//! body has been read to the end; an idle one is closed after
+//! `timeouts.upstream_idle`, or sooner when the backend's `Keep-Alive:
+//! timeout` says it will close it itself.
+//!
+//! A reused connection may have been closed by the backend just as the
+//! request went out (the keep-alive race, RFC 9112 §9.3.1). Each
+//! connection counts the bytes it reads, so a failure can be told to have
+//! come before any byte of the response: such a request was never
+//! answered, and the caller may send it again on a fresh connection.
 
+use crate::body::RequestBody;
+use crate::wire;
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// Idle connections kept per backend at most.
 const MAX_IDLE: usize = 1024;
 
-type Sender = http1::SendRequest<Incoming>;
+type Sender = http1::SendRequest<RequestBody>;
 
 /// Why no connection could be had; the request was not sent.
 #[derive(Debug)]
@@ -44,9 +57,14 @@ impl std::fmt::Display for ConnectError {
 pub enum SendError {
     /// The connection closed before the request was written: the request
     /// comes back and may be sent again.
-    NotSent(Box<Request<Incoming>>),
-    /// The request (or part of it) went out: it must not be retried.
-    Failed(hyper::Error),
+    NotSent(Box<Request<RequestBody>>),
+    /// The request (or part of it) went out and the exchange failed.
+    Failed {
+        error: hyper::Error,
+        /// On a reused connection, before any byte of the response: the
+        /// keep-alive race, where the backend had closed the connection.
+        unanswered_reuse: bool,
+    },
 }
 
 pub struct Pool {
@@ -56,12 +74,30 @@ pub struct Pool {
     idle_timeout: Duration,
     /// Idle connections, most recently used last. A mutex held for a push
     /// or a pop only; never across an await.
-    idle: Mutex<Vec<(Sender, Instant)>>,
+    idle: Mutex<IdleList>,
+}
+
+#[derive(Default)]
+struct IdleList {
+    conns: Vec<Idle>,
+    /// Whether a task is sweeping expired connections out of `conns`.
+    sweeping: bool,
+}
+
+struct Idle {
+    tx: Sender,
+    bytes_read: Arc<AtomicU64>,
+    /// Closed at this instant if not used before.
+    expires: Instant,
 }
 
 /// A connection checked out of the pool, on its way to carry one request.
 pub struct Conn {
     tx: Sender,
+    /// Bytes read on this connection so far (counted by `Counted`).
+    bytes_read: Arc<AtomicU64>,
+    /// Whether it carried a request before.
+    reused: bool,
 }
 
 impl Pool {
@@ -70,31 +106,51 @@ impl Pool {
             address: address.into(),
             connect_timeout,
             idle_timeout,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(IdleList::default()),
         })
     }
 
-    fn pop_idle(&self) -> Option<(Sender, Instant)> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    fn lock(&self) -> std::sync::MutexGuard<'_, IdleList> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A ready connection: the most recently used idle one, else a new one.
+    /// Idle connections in the pool now.
+    pub fn idle_count(&self) -> usize {
+        self.lock().conns.len()
+    }
+
+    /// A ready connection: the most recently used idle one that is still
+    /// open and within its idle time, else a new one.
     pub async fn acquire(&self) -> Result<Conn, ConnectError> {
-        while let Some((mut tx, since)) = self.pop_idle() {
-            if tx.is_closed() || since.elapsed() > self.idle_timeout {
+        loop {
+            let Some(idle) = self.lock().conns.pop() else {
+                break;
+            };
+            let Idle {
+                mut tx,
+                bytes_read,
+                expires,
+            } = idle;
+            // Closed by the backend (its connection task saw the end) or
+            // past its time: dropped here, which closes it.
+            if tx.is_closed() || expires <= Instant::now() {
                 continue;
             }
             // Usually ready at once; a connection whose response just ended
             // may need the dispatcher to catch up.
             if tx.ready().await.is_ok() {
-                return Ok(Conn { tx });
+                return Ok(Conn {
+                    tx,
+                    bytes_read,
+                    reused: true,
+                });
             }
         }
         self.connect().await
     }
 
-    /// A fresh connection (also used to retry a request that a pooled
-    /// connection gave back unsent).
+    /// A fresh connection (also used to send again a request that a
+    /// pooled connection failed to carry).
     pub async fn connect(&self) -> Result<Conn, ConnectError> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*self.address))
             .await
@@ -103,8 +159,13 @@ impl Pool {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(address = &*self.address, "set_nodelay: {e}");
         }
+        let bytes_read = Arc::new(AtomicU64::new(0));
+        let io = Counted {
+            inner: stream,
+            bytes_read: bytes_read.clone(),
+        };
         let (tx, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(io))
             .await
             .map_err(ConnectError::Handshake)?;
         let address = self.address.clone();
@@ -113,40 +174,97 @@ impl Pool {
                 tracing::debug!(address = &*address, "upstream connection: {e}");
             }
         });
-        Ok(Conn { tx })
+        Ok(Conn {
+            tx,
+            bytes_read,
+            reused: false,
+        })
     }
 
-    fn release(&self, tx: Sender) {
-        if tx.is_closed() {
+    /// Puts a connection back, to be closed after `idle_for` unless used.
+    fn release(self: &Arc<Self>, tx: Sender, bytes_read: Arc<AtomicU64>, idle_for: Duration) {
+        if tx.is_closed() || idle_for.is_zero() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < MAX_IDLE {
-            idle.push((tx, Instant::now()));
+        let expires = Instant::now() + idle_for;
+        let mut idle = self.lock();
+        if idle.conns.len() >= MAX_IDLE {
+            return;
+        }
+        idle.conns.push(Idle {
+            tx,
+            bytes_read,
+            expires,
+        });
+        if !idle.sweeping {
+            idle.sweeping = true;
+            tokio::spawn(sweep(Arc::downgrade(self), expires));
+        }
+    }
+
+    /// Drops the idle connections past their time; the earliest time left,
+    /// or `None` (and no longer sweeping) when none is idle.
+    fn sweep_expired(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let mut idle = self.lock();
+        idle.conns.retain(|c| c.expires > now && !c.tx.is_closed());
+        let next = idle.conns.iter().map(|c| c.expires).min();
+        if next.is_none() {
+            idle.sweeping = false;
+        }
+        next
+    }
+}
+
+/// Closes a pool's idle connections as they expire, until none is idle or
+/// the pool is gone. One such task per pool at most.
+async fn sweep(pool: Weak<Pool>, first: Instant) {
+    let mut at = first;
+    loop {
+        tokio::time::sleep_until(at).await;
+        let Some(pool) = pool.upgrade() else { return };
+        match pool.sweep_expired() {
+            Some(next) => at = next,
+            None => return,
         }
     }
 }
 
 impl Conn {
+    /// Whether this connection carried a request before.
+    pub fn reused(&self) -> bool {
+        self.reused
+    }
+
     /// Sends the request; the response body, once read to its end, returns
     /// the connection to `pool`.
     pub async fn send(
         mut self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         pool: &Arc<Pool>,
     ) -> Result<Response<UpstreamBody>, SendError> {
+        let read_before = self.bytes_read.load(Ordering::Relaxed);
         match self.tx.try_send_request(req).await {
             Ok(resp) => {
                 let (parts, body) = resp.into_parts();
-                let reusable = keeps_alive(&parts);
+                let idle_for = if keeps_alive(&parts) {
+                    pool.idle_for(&parts.headers)
+                } else {
+                    Duration::ZERO
+                };
                 // An empty body may never be polled: hand the connection back now.
-                let release = if !reusable {
+                let release = if idle_for.is_zero() {
                     None
                 } else if body.is_end_stream() {
-                    pool.release(self.tx);
+                    pool.release(self.tx, self.bytes_read, idle_for);
                     None
                 } else {
-                    Some((self.tx, pool.clone()))
+                    Some(Release {
+                        tx: self.tx,
+                        bytes_read: self.bytes_read,
+                        pool: pool.clone(),
+                        idle_for,
+                    })
                 };
                 let body = UpstreamBody {
                     inner: body,
@@ -156,8 +274,28 @@ impl Conn {
             }
             Err(mut e) => match e.take_message() {
                 Some(req) => Err(SendError::NotSent(Box::new(req))),
-                None => Err(SendError::Failed(e.into_error())),
+                None => Err(SendError::Failed {
+                    error: e.into_error(),
+                    unanswered_reuse: self.reused
+                        && self.bytes_read.load(Ordering::Relaxed) == read_before,
+                }),
             },
+        }
+    }
+}
+
+impl Pool {
+    /// How long a connection may stay idle after a response with
+    /// `headers`: `upstream_idle`, or less when the backend announced its
+    /// own keep-alive timeout (closed a second early, or at half of a
+    /// timeout under two seconds, so the backend never closes it first).
+    fn idle_for(&self, headers: &http::HeaderMap) -> Duration {
+        match wire::keep_alive_timeout(headers) {
+            Some(t) => {
+                let early = t.saturating_sub(Duration::from_secs(1)).max(t / 2);
+                early.min(self.idle_timeout)
+            }
+            None => self.idle_timeout,
         }
     }
 }
@@ -169,7 +307,7 @@ fn keeps_alive(parts: &http::response::Parts) -> bool {
     if parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
         return false;
     }
-    let has = |token: &str| connection_has(&parts.headers, token);
+    let has = |token: &str| wire::connection_has(&parts.headers, token);
     if parts.version == http::Version::HTTP_10 {
         has("keep-alive")
     } else {
@@ -177,14 +315,12 @@ fn keeps_alive(parts: &http::response::Parts) -> bool {
     }
 }
 
-/// Whether the `Connection` header lists `token` (case-insensitive).
-pub(crate) fn connection_has(headers: &http::HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+/// What an unfinished response body needs to hand its connection back.
+struct Release {
+    tx: Sender,
+    bytes_read: Arc<AtomicU64>,
+    pool: Arc<Pool>,
+    idle_for: Duration,
 }
 
 /// A backend's response body, streamed; hands the connection back to its
@@ -192,7 +328,7 @@ pub(crate) fn connection_has(headers: &http::HeaderMap, token: &str) -> bool {
 /// with it (its response was not read to the end).
 pub struct UpstreamBody {
     inner: Incoming,
-    release: Option<(Sender, Arc<Pool>)>,
+    release: Option<Release>,
 }
 
 impl Body for UpstreamBody {
@@ -212,8 +348,8 @@ impl Body for UpstreamBody {
             _ => false,
         };
         if done {
-            if let Some((tx, pool)) = self.release.take() {
-                pool.release(tx);
+            if let Some(r) = self.release.take() {
+                r.pool.release(r.tx, r.bytes_read, r.idle_for);
             }
         }
         res
@@ -225,5 +361,58 @@ impl Body for UpstreamBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A backend connection's stream, counting the bytes read from it (one
+/// relaxed atomic add per read).
+struct Counted {
+    inner: TcpStream,
+    bytes_read: Arc<AtomicU64>,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        res
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

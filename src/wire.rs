@@ -1,0 +1,291 @@
+//! The message rules of an HTTP intermediary (RFC 9110, 9112, 9113), as
+//! pure functions over request and response heads: which requests are
+//! malformed, how a client's request becomes the backend's (origin-form
+//! target, one `Host`, hop-by-hop fields removed, forwarding fields added,
+//! multi-line fields joined), and how a backend's response becomes the
+//! client's. No IO, no routing: `proxy` calls these between its phases.
+
+use bytes::{BufMut, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{request, response, Method, Uri, Version};
+use std::net::SocketAddr;
+
+/// Why a request head is refused before any backend is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// An HTTP/1.1 request without `Host` (RFC 9112 §3.2: 400).
+    NoHost,
+    /// More than one `Host` line (RFC 9112 §3.2: 400).
+    ManyHosts,
+    /// `CONNECT`: a reverse proxy opens no tunnels to arbitrary authorities
+    /// (405).
+    Connect,
+}
+
+/// Fields that describe one connection, not the message (RFC 9110 §7.6.1),
+/// plus the de-facto `Proxy-Connection` and the proxy authentication pair.
+/// `Trailer` is not among them: it describes the message and travels with it.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The methods RFC 9110 §9.2.2 calls idempotent: a request of one of these
+/// may be sent again after a connection failed under it.
+pub fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Checks what the proxy must refuse in a request head: a missing or
+/// repeated `Host` in HTTP/1.1 (RFC 9112 §3.2), and `CONNECT`.
+pub fn check_request(parts: &request::Parts) -> Result<(), Refusal> {
+    if parts.method == Method::CONNECT {
+        return Err(Refusal::Connect);
+    }
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => Err(Refusal::ManyHosts),
+        (None, None) if parts.version == Version::HTTP_11 => Err(Refusal::NoHost),
+        _ => Ok(()),
+    }
+}
+
+/// Whether the client takes trailer fields in a response: HTTP/2 always
+/// (RFC 9113 §8.1), HTTP/1.1 when it sent `TE: trailers` (RFC 9110 §10.1.4).
+/// Read before the hop-by-hop fields are removed.
+pub fn accepts_trailers(parts: &request::Parts) -> bool {
+    parts.version == Version::HTTP_2 || list_has(&parts.headers, &header::TE, "trailers")
+}
+
+/// Rewrites a checked client request head into the backend's:
+/// - the target in origin-form (RFC 9112 §3.2.1; `*` stays `*`), so that
+///   origin servers which do not accept the absolute form get what they
+///   expect; the version is HTTP/1.1;
+/// - one `Host`: the target's authority when the request carried one
+///   (absolute-form, RFC 9112 §3.2.2, or HTTP/2 `:authority`, RFC 9113
+///   §8.3.1), else the client's `Host`, else (HTTP/1.0) `fallback_host`;
+/// - hop-by-hop fields and those `Connection` names removed, `Host` never;
+/// - several `Cookie` fields joined with `; ` (RFC 9113 §8.2.3);
+/// - `X-Forwarded-For` lines joined in order and the peer appended,
+///   `X-Forwarded-Proto` and `X-Forwarded-Host` set;
+/// - `TE: trailers` when the client takes trailers, so the backend may
+///   send them.
+///
+/// Returns whether `Host` is `fallback_host` (the request named no host).
+pub fn upstream_request(
+    parts: &mut request::Parts,
+    fallback_host: &HeaderValue,
+    peer: SocketAddr,
+    scheme: &'static str,
+    trailers: bool,
+) -> bool {
+    let headers = &mut parts.headers;
+    let host = match parts.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => headers.remove(header::HOST),
+    };
+    strip_hop_by_hop(headers);
+    let fallback = host.is_none();
+    match host {
+        Some(host) => {
+            headers.insert(X_FORWARDED_HOST, host.clone());
+            headers.insert(header::HOST, host);
+        }
+        None => {
+            headers.insert(header::HOST, fallback_host.clone());
+        }
+    }
+    join(headers, header::COOKIE, b"; ");
+    append_forwarded_for(headers, peer);
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    parts.uri = origin_form(&parts.uri);
+    parts.version = Version::HTTP_11;
+    fallback
+}
+
+/// The request target as origin-form: path and query, `/` when empty,
+/// `*` kept for `OPTIONS *`.
+fn origin_form(uri: &Uri) -> Uri {
+    let pq = uri
+        .path_and_query()
+        .filter(|pq| !pq.as_str().is_empty())
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Uri::from(pq)
+}
+
+/// Rewrites a backend's response head for the client: hop-by-hop fields
+/// removed, and `Content-Length` dropped when the backend also sent
+/// `Transfer-Encoding` (RFC 9112 §6.3: the transfer coding decides the
+/// length, and an intermediary forwarding such a message removes
+/// `Content-Length`); the version is the proxy's own (a backend's HTTP/1.0
+/// status line does not make a keep-alive client close).
+pub fn downstream_response(parts: &mut response::Parts) {
+    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    strip_hop_by_hop(&mut parts.headers);
+    parts.version = Version::HTTP_11;
+}
+
+/// The `Upgrade` value of an HTTP/1.1 upgrade request (`Connection:
+/// upgrade` plus `Upgrade`), read before the hop-by-hop fields go.
+pub fn upgrade_of(version: Version, headers: &HeaderMap) -> Option<HeaderValue> {
+    if version != Version::HTTP_11 || !connection_has(headers, "upgrade") {
+        return None;
+    }
+    headers.get(header::UPGRADE).cloned()
+}
+
+/// `Connection: upgrade` and `Upgrade: protocol`, for the next hop.
+pub fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
+}
+
+/// Whether the `Connection` header lists `token` (case-insensitive).
+pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    list_has(headers, &header::CONNECTION, token)
+}
+
+/// Whether the comma-separated list field `name` has `token`
+/// (case-insensitive; parameters after `;` ignored).
+fn list_has(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            let t = t.split(';').next().unwrap_or("");
+            t.trim().eq_ignore_ascii_case(token)
+        })
+}
+
+/// The `timeout` parameter of a `Keep-Alive` response field (RFC 2068
+/// §19.7.1, still sent by Apache and others): how long the backend keeps
+/// an idle connection open.
+pub fn keep_alive_timeout(headers: &HeaderMap) -> Option<std::time::Duration> {
+    let v = headers.get("keep-alive")?.to_str().ok()?;
+    v.split(',').find_map(|p| {
+        let (k, n) = p.split_once('=')?;
+        if !k.trim().eq_ignore_ascii_case("timeout") {
+            return None;
+        }
+        let secs: u64 = n.trim().trim_matches('"').parse().ok()?;
+        Some(std::time::Duration::from_secs(secs))
+    })
+}
+
+/// Removes the hop-by-hop fields, and those the `Connection` field names
+/// except `Host`, which `Connection` cannot take away.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::CONNECTION).iter();
+    if let (Some(_), None) = (values.next(), values.next()) {
+        // The usual single `Connection` value: taken out whole (no copy),
+        // then each field it names removed by name, without allocating.
+        if let Some(v) = headers.remove(header::CONNECTION) {
+            for token in v.to_str().unwrap_or("").split(',') {
+                let token = token.trim();
+                if !token.is_empty() && !token.eq_ignore_ascii_case("host") {
+                    headers.remove(token);
+                }
+            }
+        }
+    } else if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| *n != header::HOST)
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Joins several lines of field `name` into one, in order, with `sep`
+/// between them; a single line is left as it is (no allocation).
+fn join(headers: &mut HeaderMap, name: HeaderName, sep: &[u8]) {
+    let mut lines = headers.get_all(&name).iter();
+    if let (Some(_), None) = (lines.next(), lines.next()) {
+        return;
+    }
+    if let Some(joined) = joined(headers, &name, sep, None) {
+        headers.insert(name, joined);
+    }
+}
+
+/// The lines of `name` joined with `sep`, then `tail` appended after one
+/// more `sep`; `None` when there is nothing at all.
+fn joined(
+    headers: &HeaderMap,
+    name: &HeaderName,
+    sep: &[u8],
+    tail: Option<&[u8]>,
+) -> Option<HeaderValue> {
+    let mut buf = BytesMut::new();
+    let parts = headers
+        .get_all(name)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .chain(tail)
+        .filter(|p| !p.iter().all(u8::is_ascii_whitespace));
+    for part in parts {
+        if !buf.is_empty() {
+            buf.put_slice(sep);
+        }
+        buf.put_slice(part);
+    }
+    if buf.is_empty() {
+        return None;
+    }
+    // Made of valid field values and a separator: valid too.
+    HeaderValue::from_maybe_shared(buf.freeze()).ok()
+}
+
+/// `X-Forwarded-For`: every line the client sent, in order, then the peer.
+fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+    let ip = peer.ip().to_canonical();
+    let value = if headers.contains_key(&X_FORWARDED_FOR) {
+        let peer = itoa_ip(ip);
+        joined(headers, &X_FORWARDED_FOR, b", ", Some(&peer[..]))
+    } else {
+        HeaderValue::from_maybe_shared(itoa_ip(ip).freeze()).ok()
+    };
+    if let Some(v) = value {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+}
+
+/// An IP address as text in one buffer.
+fn itoa_ip(ip: std::net::IpAddr) -> BytesMut {
+    use std::fmt::Write;
+    let mut buf = BytesMut::with_capacity(45);
+    // Writing to a BytesMut cannot fail.
+    let _ = write!(buf, "{ip}");
+    buf
+}
