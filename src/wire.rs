@@ -96,7 +96,7 @@ pub fn upstream_request(
     let headers = &mut parts.headers;
     let host = match parts.uri.authority() {
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => headers.remove(header::HOST),
+        None => headers.get(header::HOST).cloned(),
     };
     strip_hop_by_hop(headers);
     let fallback = host.is_none();

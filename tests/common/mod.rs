@@ -3,6 +3,8 @@
 //! server stops when its handle is dropped.
 #![allow(dead_code)]
 
+pub mod recording;
+
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
@@ -288,11 +290,16 @@ pub async fn spawn_backends(n: usize) -> Vec<TestBackend> {
 
 /// A config file's text for `backends`, with `extra` appended (more sections).
 pub fn config_text(backends: &[&TestBackend], routing: &str, extra: &str) -> String {
+    let pool: Vec<(&str, SocketAddr)> = backends.iter().map(|b| (&*b.name, b.addr)).collect();
+    config_for(&pool, routing, extra)
+}
+
+/// A config file's text for backends given as (name, address).
+pub fn config_for(backends: &[(&str, SocketAddr)], routing: &str, extra: &str) -> String {
     let mut s = format!("[listen]\naddress = \"127.0.0.1:1\"\n[admin]\naddress = \"127.0.0.1:2\"\n[routing]\n{routing}\n{extra}\n");
-    for b in backends {
+    for (name, addr) in backends {
         s.push_str(&format!(
-            "[[backend]]\nname = \"{}\"\naddress = \"{}\"\n",
-            b.name, b.addr
+            "[[backend]]\nname = \"{name}\"\naddress = \"{addr}\"\n"
         ));
     }
     s

@@ -1,0 +1,518 @@
+//! The proxy as an HTTP intermediary, one test per rule of SPEC's "On the
+//! wire" list, each asserting the exact bytes the backend received or the
+//! client got. Backends and clients here are raw sockets (a recording
+//! backend, hand-written requests), so nothing lenient sits in between.
+
+mod common;
+
+use common::recording::{
+    fixed, ok, race_on_reuse, raw_exchange, read_response, Answer, RawResponse, RecordingBackend,
+};
+use common::*;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// A recording backend answering with `answer`, and a proxy in front of it
+/// (`extra`: more config sections).
+async fn behind_proxy(answer: Answer, extra: &str) -> (RecordingBackend, TestProxy) {
+    let backend = RecordingBackend::spawn(answer).await;
+    let config = config_for(
+        &[("rec", backend.addr)],
+        "key = [\"header:x-client-id\"]",
+        extra,
+    );
+    let proxy = spawn_proxy(&config).await;
+    (backend, proxy)
+}
+
+/// Sends `request` on a new connection to `addr` and reads one response.
+async fn exchange(addr: SocketAddr, request: &str) -> RawResponse {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request.as_bytes()).await.expect("write");
+    read_response(&mut s, &mut Vec::new(), false).await
+}
+
+fn upstream_errors(metrics: &str, kind: &str) -> f64 {
+    metric(
+        metrics,
+        &format!("stickylb_upstream_errors_total{{backend=\"rec\",kind=\"{kind}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn origin_form_target_and_exact_head_rfc9112_3_2_1() {
+    let (backend, proxy) = behind_proxy(Arc::new(ok), "").await;
+    let r = exchange(
+        proxy.addr,
+        "GET /a/b%20c?x=1&y=%2F HTTP/1.1\r\nHost: app.example\r\nX-Client-Id: k\r\nAccept: */*\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status_line(), "HTTP/1.1 200 OK");
+    let seen = backend.wait_requests(1).await;
+    assert_eq!(seen[0].line, "GET /a/b%20c?x=1&y=%2F HTTP/1.1");
+    assert_eq!(
+        seen[0].headers,
+        [
+            "host: app.example",
+            "x-client-id: k",
+            "accept: */*",
+            "x-forwarded-host: app.example",
+            "x-forwarded-for: 127.0.0.1",
+            "x-forwarded-proto: http",
+        ]
+    );
+    assert!(seen[0].body.is_empty());
+}
+
+#[tokio::test]
+async fn absolute_form_target_becomes_origin_form_and_names_host_rfc9112_3_2_2() {
+    let (backend, proxy) = behind_proxy(Arc::new(ok), "").await;
+    let r = exchange(
+        proxy.addr,
+        "GET http://app.example/x?q=1 HTTP/1.1\r\nHost: other.example\r\nX-Client-Id: k\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status_line(), "HTTP/1.1 200 OK");
+    let seen = backend.wait_requests(1).await;
+    assert_eq!(seen[0].line, "GET /x?q=1 HTTP/1.1");
+    assert_eq!(seen[0].header("host"), ["app.example"]);
+}
+
+#[tokio::test]
+async fn options_asterisk_stays_asterisk_rfc9112_3_2_4() {
+    let (backend, proxy) = behind_proxy(Arc::new(ok), "").await;
+    let r = exchange(
+        proxy.addr,
+        "OPTIONS * HTTP/1.1\r\nHost: app.example\r\nX-Client-Id: k\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status_line(), "HTTP/1.1 200 OK");
+    let seen = backend.wait_requests(1).await;
+    assert_eq!(seen[0].line, "OPTIONS * HTTP/1.1");
+}
+
+#[tokio::test]
+async fn connect_is_405_and_never_forwarded() {
+    let (backend, proxy) = behind_proxy(Arc::new(ok), "").await;
+    let r = exchange(
+        proxy.addr,
+        "CONNECT app.example:443 HTTP/1.1\r\nHost: app.example:443\r\nX-Client-Id: k\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status_line(), "HTTP/1.1 405 Method Not Allowed");
+    assert!(String::from_utf8_lossy(&r.body).contains("CONNECT"));
+    assert_eq!(backend.accepted(), 0);
+}
+
+#[tokio::test]
+async fn host_missing_or_repeated_is_400_rfc9112_3_2() {
+    let (backend, proxy) = behind_proxy(Arc::new(ok), "").await;
+    let none = exchange(proxy.addr, "GET / HTTP/1.1\r\nX-Client-Id: k\r\n\r\n").await;
+    assert_eq!(none.status_line(), "HTTP/1.1 400 Bad Request");
+    assert!(String::from_utf8_lossy(&none.body).contains("Host"));
+    let two = exchange(
+        proxy.addr,
+        "GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nX-Client-Id: k\r\n\r\n",
+    )
+    .await;
+    assert_eq!(two.status_line(), "HTTP/1.1 400 Bad Request");
+    assert!(String::from_utf8_lossy(&two.body).contains("more than one Host"));
+    assert_eq!(
+        backend.accepted(),
+        0,
+        "a refused request reached the backend"
+    );
+}
+
+#[tokio::test]
+async fn http10_without_host_is_forwarded_with_the_backends_address_rfc9112_3_2() {
+    let (backend, proxy) = behind_proxy(Arc::new(ok), "").await;
+    let r = exchange(proxy.addr, "GET /old HTTP/1.0\r\nX-Client-Id: k\r\n\r\n").await;
+    assert_eq!(r.status_line(), "HTTP/1.0 200 OK");
+    let seen = backend.wait_requests(1).await;
+    assert_eq!(seen[0].line, "GET /old HTTP/1.1");
+    assert_eq!(seen[0].header("host"), [backend.addr.to_string()]);
+    assert!(seen[0].header("x-forwarded-host").is_empty());
+}
+
+#[tokio::test]
+async fn connection_cannot_remove_host_rfc9110_7_6_1() {
+    let (backend, proxy) = behind_proxy(Arc::new(ok), "").await;
+    let r = exchange(
+        proxy.addr,
+        "GET / HTTP/1.1\r\nHost: app.example\r\nConnection: host, x-gone\r\nX-Gone: 1\r\nX-Client-Id: k\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status_line(), "HTTP/1.1 200 OK");
+    let seen = backend.wait_requests(1).await;
+    assert_eq!(seen[0].header("host"), ["app.example"]);
+    assert!(seen[0].header("x-gone").is_empty());
+    assert!(seen[0].header("connection").is_empty());
+}
+
+#[tokio::test]
+async fn forwarded_for_lines_are_joined_in_order_then_the_peer() {
+    let (backend, proxy) = behind_proxy(Arc::new(ok), "").await;
+    exchange(
+        proxy.addr,
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 203.0.113.1\r\nX-Client-Id: k\r\nX-Forwarded-For: 198.51.100.2, 192.0.2.3\r\n\r\n",
+    )
+    .await;
+    let seen = backend.wait_requests(1).await;
+    assert_eq!(
+        seen[0].header("x-forwarded-for"),
+        ["203.0.113.1, 198.51.100.2, 192.0.2.3, 127.0.0.1"]
+    );
+}
+
+/// An HTTP/2 (h2c, prior knowledge) connection to `addr`.
+async fn h2_connect(
+    addr: SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>> {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    tx
+}
+
+#[tokio::test]
+async fn http2_authority_becomes_host_and_cookies_are_joined_rfc9113_8_3_1_and_8_2_3() {
+    use http_body_util::BodyExt;
+    let (backend, proxy) = behind_proxy(Arc::new(ok), "").await;
+    let mut h2 = h2_connect(proxy.addr).await;
+    let req = http::Request::get("http://app.example/h2?x=1")
+        .header("host", "other.example")
+        .header("x-client-id", "k")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let resp = h2.send_request(req).await.expect("response");
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.expect("body");
+    let seen = backend.wait_requests(1).await;
+    assert_eq!(seen[0].line, "GET /h2?x=1 HTTP/1.1");
+    assert_eq!(seen[0].header("host"), ["app.example"]);
+    assert_eq!(seen[0].header("cookie"), ["a=1; b=2"]);
+    // An HTTP/2 client takes trailers: the backend may send them.
+    assert_eq!(seen[0].header("te"), ["trailers"]);
+}
+
+/// Answers 200 and closes the connection without saying so: a backend
+/// with a very short keep-alive timeout.
+fn close_silently(req: &common::recording::Recorded) -> (Vec<u8>, bool) {
+    let (bytes, _) = ok(req);
+    (bytes, true)
+}
+
+#[tokio::test]
+async fn keep_alive_race_resends_idempotent_requests_once_rfc9112_9_3_1() {
+    let (backend, proxy) = behind_proxy(Arc::new(close_silently), "").await;
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    let mut buf = Vec::new();
+    for i in 0..300 {
+        let req = format!("GET /seq/{i} HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let r = read_response(&mut s, &mut buf, false).await;
+        assert_eq!(r.status_line(), "HTTP/1.1 200 OK", "request {i}: {r:?}");
+        assert_eq!(r.body, format!("seen GET /seq/{i} HTTP/1.1").as_bytes());
+    }
+    let seen = backend.wait_requests(300).await;
+    let lines: Vec<&str> = seen.iter().map(|r| r.line.as_str()).collect();
+    let expected: Vec<String> = (0..300).map(|i| format!("GET /seq/{i} HTTP/1.1")).collect();
+    assert_eq!(lines, expected, "each request reached the backend once");
+    let m = proxy.metrics_text().await;
+    assert_eq!(upstream_errors(&m, "protocol"), 0.0);
+}
+
+#[tokio::test]
+async fn keep_alive_race_on_every_reuse_is_answered_on_a_fresh_connection() {
+    // The backend drops each reused connection as the request arrives.
+    let (backend, proxy) = behind_proxy(Arc::new(race_on_reuse), "").await;
+    let client = client();
+    for i in 0..50 {
+        let path = format!("/again/{i}");
+        let r = send(&client, get(proxy.addr, &path, &[("x-client-id", "k")])).await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert_eq!(r.text(), format!("seen GET {path} HTTP/1.1"));
+    }
+    let seen = backend.requests();
+    let answered: Vec<&str> = seen
+        .iter()
+        .filter(|r| r.index == 0)
+        .map(|r| r.line.as_str())
+        .collect();
+    let expected: Vec<String> = (0..50)
+        .map(|i| format!("GET /again/{i} HTTP/1.1"))
+        .collect();
+    assert_eq!(answered, expected, "each request answered once, in order");
+    assert!(seen.iter().any(|r| r.index > 0), "no connection was reused");
+}
+
+#[tokio::test]
+async fn keep_alive_race_never_sends_a_post_with_a_body_twice() {
+    for answer in [
+        Arc::new(close_silently) as Answer,
+        Arc::new(race_on_reuse) as Answer,
+    ] {
+        posts_reach_the_backend_at_most_once(answer).await;
+    }
+}
+
+async fn posts_reach_the_backend_at_most_once(answer: Answer) {
+    let (backend, proxy) = behind_proxy(answer, "").await;
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    let mut buf = Vec::new();
+    let (mut answered, mut failed) = (0, 0);
+    for i in 0..100 {
+        let body = format!("order={i}");
+        let req = format!(
+            "POST /orders HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if s.write_all(req.as_bytes()).await.is_err() {
+            s = TcpStream::connect(proxy.addr).await.expect("reconnect");
+            buf.clear();
+            s.write_all(req.as_bytes()).await.expect("write");
+        }
+        let r = read_response(&mut s, &mut buf, false).await;
+        match r.status_line() {
+            "HTTP/1.1 200 OK" => answered += 1,
+            "HTTP/1.1 502 Bad Gateway" => failed += 1,
+            other => panic!("request {i}: {other}"),
+        }
+    }
+    let seen = backend.requests();
+    let mut bodies: Vec<Vec<u8>> = seen.iter().map(|r| r.body.clone()).collect();
+    let n = bodies.len();
+    bodies.sort();
+    bodies.dedup();
+    assert_eq!(bodies.len(), n, "a POST reached the backend twice");
+    assert_eq!(answered + failed, 100);
+    assert_eq!(
+        seen.iter().filter(|r| r.index == 0).count(),
+        answered,
+        "every 200 is one answered POST"
+    );
+}
+
+#[tokio::test]
+async fn idle_pooled_connections_close_after_upstream_idle() {
+    let (backend, proxy) =
+        behind_proxy(Arc::new(ok), "[timeouts]\nupstream_idle = \"300ms\"").await;
+    let client = client();
+    let sends = (0..5).map(|i| {
+        let client = client.clone();
+        let addr = proxy.addr;
+        async move {
+            send(
+                &client,
+                get(addr, &format!("/slow/{i}"), &[("x-client-id", "k")]),
+            )
+            .await
+        }
+    });
+    for r in futures_util::future::join_all(sends).await {
+        assert_eq!(r.status, 200);
+    }
+    assert!(backend.accepted() >= 1);
+    let took = backend.wait_open_at_most(0, Duration::from_secs(5)).await;
+    assert!(
+        took >= Duration::from_millis(200),
+        "closed too early: {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn pooled_connection_closes_before_the_backends_keep_alive_timeout() {
+    let (backend, proxy) = behind_proxy(
+        fixed(
+            "HTTP/1.1 200 OK\r\nKeep-Alive: timeout=2\r\nContent-Length: 2\r\n\r\nok",
+            false,
+        ),
+        "",
+    )
+    .await;
+    let r = exchange(
+        proxy.addr,
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status_line(), "HTTP/1.1 200 OK");
+    assert!(!r.head.to_ascii_lowercase().contains("keep-alive"));
+    // The backend never closes; the proxy must, before the 2 s it announced.
+    let took = backend.wait_open_at_most(0, Duration::from_secs(2)).await;
+    assert!(took < Duration::from_secs(2), "{took:?}");
+}
+
+const TRAILERS: &str = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: abc123\r\n\r\n";
+
+#[tokio::test]
+async fn trailers_reach_http11_clients_that_accept_them_rfc9110_6_5() {
+    let (backend, proxy) = behind_proxy(fixed(TRAILERS, false), "").await;
+    let r = exchange(
+        proxy.addr,
+        "GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\nX-Client-Id: k\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status_line(), "HTTP/1.1 200 OK");
+    assert_eq!(r.body, b"hello world");
+    assert_eq!(r.trailers, ["x-checksum: abc123"]);
+    assert!(r.has_header("trailer", "x-checksum"));
+    assert_eq!(backend.wait_requests(1).await[0].header("te"), ["trailers"]);
+
+    // Without `TE: trailers` the body arrives whole, the trailers do not.
+    let r = exchange(
+        proxy.addr,
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.body, b"hello world");
+    assert!(r.trailers.is_empty());
+    assert!(backend.wait_requests(2).await[1].header("te").is_empty());
+}
+
+#[tokio::test]
+async fn trailers_reach_http2_clients_rfc9113_8_1() {
+    use http_body_util::BodyExt;
+    let (_backend, proxy) = behind_proxy(fixed(TRAILERS, false), "").await;
+    let mut h2 = h2_connect(proxy.addr).await;
+    let req = http::Request::get("http://a/")
+        .header("x-client-id", "k")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let resp = h2.send_request(req).await.expect("response");
+    let collected = resp.into_body().collect().await.expect("body");
+    let trailers = collected.trailers().cloned().expect("trailers");
+    assert_eq!(trailers.get("x-checksum").expect("x-checksum"), "abc123");
+    assert_eq!(collected.to_bytes(), "hello world");
+}
+
+#[tokio::test]
+async fn http10_backend_response_reaches_the_client_as_http11_and_keeps_it_alive() {
+    let (_backend, proxy) = behind_proxy(
+        fixed("HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\nold!", true),
+        "",
+    )
+    .await;
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    let mut buf = Vec::new();
+    for _ in 0..2 {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\n\r\n")
+            .await
+            .expect("write on the same connection");
+        let r = read_response(&mut s, &mut buf, false).await;
+        assert_eq!(r.status_line(), "HTTP/1.1 200 OK");
+        assert!(!r.head.to_ascii_lowercase().contains("connection: close"));
+        assert_eq!(r.body, b"old!");
+    }
+}
+
+#[tokio::test]
+async fn unasked_101_is_502() {
+    let (_backend, proxy) = behind_proxy(
+        fixed(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n",
+            false,
+        ),
+        "",
+    )
+    .await;
+    let r = exchange(
+        proxy.addr,
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status_line(), "HTTP/1.1 502 Bad Gateway");
+    assert!(String::from_utf8_lossy(&r.body).contains("switched protocols"));
+}
+
+#[tokio::test]
+async fn content_length_with_chunked_reaches_the_client_whole_rfc9112_6_3() {
+    let (_backend, proxy) = behind_proxy(
+        fixed(
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n0\r\n\r\n",
+            false,
+        ),
+        "",
+    )
+    .await;
+    let r = exchange(
+        proxy.addr,
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status_line(), "HTTP/1.1 200 OK");
+    assert_eq!(r.body, b"0123456789");
+    assert!(!r.head.to_ascii_lowercase().contains("content-length: 3"));
+}
+
+#[tokio::test]
+async fn malformed_request_body_is_400_and_not_the_backends_fault() {
+    let (_backend, proxy) =
+        behind_proxy(Arc::new(ok), "[health]\ninterval = \"1h\"\nfall = 1").await;
+    let r = exchange(
+        proxy.addr,
+        "POST /up HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n",
+    )
+    .await;
+    assert_eq!(r.status_line(), "HTTP/1.1 400 Bad Request");
+    assert!(String::from_utf8_lossy(&r.body).contains("request body"));
+    let m = proxy.metrics_text().await;
+    assert_eq!(upstream_errors(&m, "protocol"), 0.0, "{m}");
+    assert_eq!(
+        metric(&m, "stickylb_backend_healthy{backend=\"rec\"}"),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn slow_request_body_is_408_and_not_the_backends_fault() {
+    let (_backend, proxy) = behind_proxy(
+        Arc::new(ok),
+        "[timeouts]\nclient_body_read = \"300ms\"\nresponse_headers = \"200ms\"",
+    )
+    .await;
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    s.write_all(
+        b"POST /up HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\nContent-Length: 100\r\n\r\nonly ten..",
+    )
+    .await
+    .expect("write");
+    let r = read_response(&mut s, &mut Vec::new(), false).await;
+    assert_eq!(r.status_line(), "HTTP/1.1 408 Request Timeout");
+    let m = proxy.metrics_text().await;
+    assert_eq!(upstream_errors(&m, "timeout"), 0.0, "{m}");
+    assert_eq!(upstream_errors(&m, "protocol"), 0.0, "{m}");
+}
+
+#[tokio::test]
+async fn half_closed_client_gets_its_response_rfc9112_9_6() {
+    let (backend, proxy) = behind_proxy(Arc::new(ok), "").await;
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    s.write_all(b"GET /half HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\n\r\n")
+        .await
+        .expect("write");
+    s.shutdown().await.expect("half-close");
+    let r = read_response(&mut s, &mut Vec::new(), false).await;
+    assert_eq!(r.status_line(), "HTTP/1.1 200 OK");
+    assert_eq!(r.body, b"seen GET /half HTTP/1.1");
+    assert_eq!(backend.wait_requests(1).await.len(), 1);
+}
+
+#[tokio::test]
+async fn raw_exchange_reads_until_close() {
+    // The proxy closes a connection whose request it refused as malformed.
+    let (_backend, proxy) = behind_proxy(Arc::new(ok), "").await;
+    let out = raw_exchange(proxy.addr, b"GARBAGE\r\n\r\n", Duration::from_secs(5)).await;
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 400"));
+}
