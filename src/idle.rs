@@ -41,13 +41,33 @@ impl Activity {
     }
 }
 
-/// A stream that records its activity for the idle timeout.
-pub struct Tracked<S> {
-    pub inner: S,
-    pub activity: Arc<Activity>,
+/// What a `Tracked` stream reports as bytes move through it.
+pub trait Watch {
+    /// `n` (> 0) bytes were read.
+    fn read(&self, n: usize);
+    /// `n` (> 0) bytes were written.
+    fn written(&self, n: usize);
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+/// Any byte either way is activity, for idle timeouts.
+impl Watch for Arc<Activity> {
+    fn read(&self, _: usize) {
+        self.touch();
+    }
+
+    fn written(&self, _: usize) {
+        self.touch();
+    }
+}
+
+/// A stream that reports the bytes it moves to `watch` (its activity, for
+/// the idle timeout, unless another `Watch` is given).
+pub struct Tracked<S, W = Arc<Activity>> {
+    pub inner: S,
+    pub watch: W,
+}
+
+impl<S: AsyncRead + Unpin, W: Watch + Unpin> AsyncRead for Tracked<S, W> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -55,22 +75,25 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() != before {
-            self.activity.touch();
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.watch.read(n);
         }
         res
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+impl<S: AsyncWrite + Unpin, W: Watch + Unpin> AsyncWrite for Tracked<S, W> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+        if let Poll::Ready(Ok(n)) = res {
+            if n > 0 {
+                self.watch.written(n);
+            }
         }
         res
     }
@@ -81,8 +104,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+        if let Poll::Ready(Ok(n)) = res {
+            if n > 0 {
+                self.watch.written(n);
+            }
         }
         res
     }

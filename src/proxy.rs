@@ -520,7 +520,7 @@ async fn tunnel_bytes(
     let activity = Arc::new(Activity::new());
     let mut client = Tracked {
         inner: hyper_util::rt::TokioIo::new(client),
-        activity: activity.clone(),
+        watch: activity.clone(),
     };
     let mut upstream = hyper_util::rt::TokioIo::new(upstream);
     tokio::select! {

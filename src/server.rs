@@ -158,7 +158,7 @@ impl Connection {
         let activity = Arc::new(Activity::new());
         let tracked = Tracked {
             inner: stream,
-            activity: activity.clone(),
+            watch: activity.clone(),
         };
         match transport {
             Transport::Plain => {

@@ -13,19 +13,18 @@
 //! answered, and the caller may send it again on a fresh connection.
 
 use crate::body::RequestBody;
+use crate::idle::{Tracked, Watch};
 use crate::wire;
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -94,7 +93,7 @@ struct Idle {
 /// A connection checked out of the pool, on its way to carry one request.
 pub struct Conn {
     tx: Sender,
-    /// Bytes read on this connection so far (counted by `Counted`).
+    /// Bytes read on this connection so far (counted by its `BytesRead`).
     bytes_read: Arc<AtomicU64>,
     /// Whether it carried a request before.
     reused: bool,
@@ -160,9 +159,9 @@ impl Pool {
             tracing::debug!(address = &*self.address, "set_nodelay: {e}");
         }
         let bytes_read = Arc::new(AtomicU64::new(0));
-        let io = Counted {
+        let io = Tracked {
             inner: stream,
-            bytes_read: bytes_read.clone(),
+            watch: BytesRead(bytes_read.clone()),
         };
         let (tx, conn) = http1::Builder::new()
             .handshake(TokioIo::new(io))
@@ -364,55 +363,15 @@ impl Body for UpstreamBody {
     }
 }
 
-/// A backend connection's stream, counting the bytes read from it (one
-/// relaxed atomic add per read).
-struct Counted {
-    inner: TcpStream,
-    bytes_read: Arc<AtomicU64>,
-}
+/// Counts the bytes read from a backend connection (one relaxed atomic
+/// add per read), so a failure can be placed before or after the first
+/// byte of a response.
+struct BytesRead(Arc<AtomicU64>);
 
-impl AsyncRead for Counted {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        res
-    }
-}
-
-impl AsyncWrite for Counted {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+impl Watch for BytesRead {
+    fn read(&self, n: usize) {
+        self.0.fetch_add(n as u64, Ordering::Relaxed);
     }
 
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
+    fn written(&self, _: usize) {}
 }

@@ -6,7 +6,8 @@
 mod common;
 
 use common::recording::{
-    fixed, ok, race_on_reuse, raw_exchange, read_response, Answer, RawResponse, RecordingBackend,
+    fixed, ok, race_on_reuse, raw_exchange, read_response, Answer, RawResponse, Recorded,
+    RecordingBackend,
 };
 use common::*;
 use std::net::SocketAddr;
@@ -35,6 +36,16 @@ async fn exchange(addr: SocketAddr, request: &str) -> RawResponse {
     read_response(&mut s, &mut Vec::new(), false).await
 }
 
+/// Sends `request` through a proxy to a backend that answers 200 and
+/// returns the request as the backend received it, and the backend.
+async fn forwarded(request: &str) -> (Recorded, RecordingBackend) {
+    let (backend, proxy) = behind_proxy(Arc::new(ok), "").await;
+    let r = exchange(proxy.addr, request).await;
+    assert!(r.status_line().ends_with("200 OK"), "{r:?}");
+    let seen = backend.wait_requests(1).await.remove(0);
+    (seen, backend)
+}
+
 fn upstream_errors(metrics: &str, kind: &str) -> f64 {
     metric(
         metrics,
@@ -45,17 +56,10 @@ fn upstream_errors(metrics: &str, kind: &str) -> f64 {
 
 #[tokio::test]
 async fn origin_form_target_and_exact_head_rfc9112_3_2_1() {
-    let (backend, proxy) = behind_proxy(Arc::new(ok), "").await;
-    let r = exchange(
-        proxy.addr,
-        "GET /a/b%20c?x=1&y=%2F HTTP/1.1\r\nHost: app.example\r\nX-Client-Id: k\r\nAccept: */*\r\n\r\n",
-    )
-    .await;
-    assert_eq!(r.status_line(), "HTTP/1.1 200 OK");
-    let seen = backend.wait_requests(1).await;
-    assert_eq!(seen[0].line, "GET /a/b%20c?x=1&y=%2F HTTP/1.1");
+    let (seen, _) = forwarded("GET /a/b%20c?x=1&y=%2F HTTP/1.1\r\nHost: app.example\r\nX-Client-Id: k\r\nAccept: */*\r\n\r\n").await;
+    assert_eq!(seen.line, "GET /a/b%20c?x=1&y=%2F HTTP/1.1");
     assert_eq!(
-        seen[0].headers,
+        seen.headers,
         [
             "host: app.example",
             "x-client-id: k",
@@ -65,34 +69,24 @@ async fn origin_form_target_and_exact_head_rfc9112_3_2_1() {
             "x-forwarded-proto: http",
         ]
     );
-    assert!(seen[0].body.is_empty());
+    assert!(seen.body.is_empty());
 }
 
 #[tokio::test]
 async fn absolute_form_target_becomes_origin_form_and_names_host_rfc9112_3_2_2() {
-    let (backend, proxy) = behind_proxy(Arc::new(ok), "").await;
-    let r = exchange(
-        proxy.addr,
+    let (seen, _) = forwarded(
         "GET http://app.example/x?q=1 HTTP/1.1\r\nHost: other.example\r\nX-Client-Id: k\r\n\r\n",
     )
     .await;
-    assert_eq!(r.status_line(), "HTTP/1.1 200 OK");
-    let seen = backend.wait_requests(1).await;
-    assert_eq!(seen[0].line, "GET /x?q=1 HTTP/1.1");
-    assert_eq!(seen[0].header("host"), ["app.example"]);
+    assert_eq!(seen.line, "GET /x?q=1 HTTP/1.1");
+    assert_eq!(seen.header("host"), ["app.example"]);
 }
 
 #[tokio::test]
 async fn options_asterisk_stays_asterisk_rfc9112_3_2_4() {
-    let (backend, proxy) = behind_proxy(Arc::new(ok), "").await;
-    let r = exchange(
-        proxy.addr,
-        "OPTIONS * HTTP/1.1\r\nHost: app.example\r\nX-Client-Id: k\r\n\r\n",
-    )
-    .await;
-    assert_eq!(r.status_line(), "HTTP/1.1 200 OK");
-    let seen = backend.wait_requests(1).await;
-    assert_eq!(seen[0].line, "OPTIONS * HTTP/1.1");
+    let (seen, _) =
+        forwarded("OPTIONS * HTTP/1.1\r\nHost: app.example\r\nX-Client-Id: k\r\n\r\n").await;
+    assert_eq!(seen.line, "OPTIONS * HTTP/1.1");
 }
 
 #[tokio::test]
@@ -130,41 +124,28 @@ async fn host_missing_or_repeated_is_400_rfc9112_3_2() {
 
 #[tokio::test]
 async fn http10_without_host_is_forwarded_with_the_backends_address_rfc9112_3_2() {
-    let (backend, proxy) = behind_proxy(Arc::new(ok), "").await;
-    let r = exchange(proxy.addr, "GET /old HTTP/1.0\r\nX-Client-Id: k\r\n\r\n").await;
-    assert_eq!(r.status_line(), "HTTP/1.0 200 OK");
-    let seen = backend.wait_requests(1).await;
-    assert_eq!(seen[0].line, "GET /old HTTP/1.1");
-    assert_eq!(seen[0].header("host"), [backend.addr.to_string()]);
-    assert!(seen[0].header("x-forwarded-host").is_empty());
+    let (seen, backend) = forwarded("GET /old HTTP/1.0\r\nX-Client-Id: k\r\n\r\n").await;
+    assert_eq!(seen.line, "GET /old HTTP/1.1");
+    assert_eq!(seen.header("host"), [backend.addr.to_string()]);
+    assert!(seen.header("x-forwarded-host").is_empty());
 }
 
 #[tokio::test]
 async fn connection_cannot_remove_host_rfc9110_7_6_1() {
-    let (backend, proxy) = behind_proxy(Arc::new(ok), "").await;
-    let r = exchange(
-        proxy.addr,
-        "GET / HTTP/1.1\r\nHost: app.example\r\nConnection: host, x-gone\r\nX-Gone: 1\r\nX-Client-Id: k\r\n\r\n",
-    )
-    .await;
-    assert_eq!(r.status_line(), "HTTP/1.1 200 OK");
-    let seen = backend.wait_requests(1).await;
-    assert_eq!(seen[0].header("host"), ["app.example"]);
-    assert!(seen[0].header("x-gone").is_empty());
-    assert!(seen[0].header("connection").is_empty());
+    let (seen, _) = forwarded("GET / HTTP/1.1\r\nHost: app.example\r\nConnection: host, x-gone\r\nX-Gone: 1\r\nX-Client-Id: k\r\n\r\n").await;
+    assert_eq!(seen.header("host"), ["app.example"]);
+    assert!(seen.header("x-gone").is_empty());
+    assert!(seen.header("connection").is_empty());
 }
 
 #[tokio::test]
 async fn forwarded_for_lines_are_joined_in_order_then_the_peer() {
-    let (backend, proxy) = behind_proxy(Arc::new(ok), "").await;
-    exchange(
-        proxy.addr,
+    let (seen, _) = forwarded(
         "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 203.0.113.1\r\nX-Client-Id: k\r\nX-Forwarded-For: 198.51.100.2, 192.0.2.3\r\n\r\n",
     )
     .await;
-    let seen = backend.wait_requests(1).await;
     assert_eq!(
-        seen[0].header("x-forwarded-for"),
+        seen.header("x-forwarded-for"),
         ["203.0.113.1, 198.51.100.2, 192.0.2.3, 127.0.0.1"]
     );
 }
