@@ -16,6 +16,8 @@ pub enum ProxyError {
     ClientTimeout,
     /// A method the proxy does not forward (`CONNECT`).
     Method,
+    /// A transfer coding other than `chunked` in a request (501).
+    TransferCoding,
     /// The backend could not be connected to (refused, unreachable, connect timeout).
     Connect,
     /// The backend did not send response headers within `timeouts.response_headers`.
@@ -34,6 +36,10 @@ pub enum ProxyError {
 pub enum BadRequest {
     NoHost,
     ManyHosts,
+    /// A `Host` or target authority that is not `host[:port]`.
+    BadHost,
+    /// `*` other than with `OPTIONS`, authority-form other than with `CONNECT`.
+    BadTarget,
     /// The request body's framing is malformed, or it ended early.
     Body,
 }
@@ -70,6 +76,7 @@ impl ProxyError {
             ProxyError::MissingKey | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Method => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::TransferCoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Connect | ProxyError::Protocol | ProxyError::UnaskedUpgrade => {
                 StatusCode::BAD_GATEWAY
             }
@@ -90,6 +97,13 @@ impl ProxyError {
             ProxyError::BadRequest(BadRequest::ManyHosts) => {
                 "bad request: more than one Host header\n"
             }
+            ProxyError::BadRequest(BadRequest::BadHost) => {
+                "bad request: the Host header or target authority is not a valid host[:port]\n"
+            }
+            ProxyError::BadRequest(BadRequest::BadTarget) => {
+                "bad request: the request target's form does not fit its method\n"
+            }
+            ProxyError::TransferCoding => "not implemented: a transfer coding other than chunked\n",
             ProxyError::BadRequest(BadRequest::Body) => {
                 "bad request: the request body is malformed or incomplete\n"
             }
@@ -114,6 +128,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::ClientTimeout => "client_timeout",
             ProxyError::Method => "method",
+            ProxyError::TransferCoding => "not_implemented",
             ProxyError::Connect => "connect",
             ProxyError::Timeout => "timeout",
             ProxyError::Protocol | ProxyError::UnaskedUpgrade => "protocol",
@@ -132,8 +147,19 @@ impl ProxyError {
             | ProxyError::BadRequest(_)
             | ProxyError::ClientTimeout
             | ProxyError::Method
+            | ProxyError::TransferCoding
             | ProxyError::NoBackend => None,
         }
+    }
+
+    /// Whether the client's connection cannot carry another request after
+    /// this answer: its request body broke off or stalled, so where the
+    /// next request would start is unknown (RFC 9112 §9.6: say `close`).
+    pub fn ends_connection(self) -> bool {
+        matches!(
+            self,
+            ProxyError::BadRequest(BadRequest::Body) | ProxyError::ClientTimeout
+        )
     }
 
     /// Client mistakes are routine; backend failures are worth a warning.
@@ -142,7 +168,8 @@ impl ProxyError {
             ProxyError::MissingKey
             | ProxyError::BadRequest(_)
             | ProxyError::ClientTimeout
-            | ProxyError::Method => tracing::Level::DEBUG,
+            | ProxyError::Method
+            | ProxyError::TransferCoding => tracing::Level::DEBUG,
             _ => tracing::Level::WARN,
         }
     }
@@ -153,7 +180,10 @@ impl From<crate::wire::Refusal> for ProxyError {
         match r {
             crate::wire::Refusal::NoHost => ProxyError::BadRequest(BadRequest::NoHost),
             crate::wire::Refusal::ManyHosts => ProxyError::BadRequest(BadRequest::ManyHosts),
+            crate::wire::Refusal::BadHost => ProxyError::BadRequest(BadRequest::BadHost),
+            crate::wire::Refusal::BadTarget => ProxyError::BadRequest(BadRequest::BadTarget),
             crate::wire::Refusal::Connect => ProxyError::Method,
+            crate::wire::Refusal::TransferCoding => ProxyError::TransferCoding,
         }
     }
 }

@@ -158,6 +158,7 @@ impl Proxy {
         };
         // Cheap copies (no allocation) for the log lines after the request is sent.
         let method = parts.method.clone();
+        let client_version = parts.version;
         let path = parts.uri.path_and_query().cloned();
         let trailers = wire::accepts_trailers(&parts);
         let backend_host = &picked.in_flight.backend().host;
@@ -220,7 +221,13 @@ impl Proxy {
             }
             Err((e, backend)) => {
                 log_error(e, Some(&backend), &method, path);
-                (error_response(e), backend)
+                let mut resp = error_response(e);
+                if e.ends_connection() && client_version < http::Version::HTTP_2 {
+                    // Said, not only done: the client must not send more here.
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                (resp, backend)
             }
         };
         if let Some((cookie, id)) = &picked.set_cookie {
@@ -305,9 +312,9 @@ impl Proxy {
     /// response headers within the timeout. A connect failure (nothing was
     /// sent) is retried once on the next backend in the key's preference
     /// order. A request a reused connection failed to carry, because the
-    /// backend had closed it (given back unsent, or an idempotent request
-    /// without a body that got no byte of response), goes once more on a
-    /// fresh connection. Nothing else is sent twice.
+    /// backend had closed it (given back unsent, or sent without a body and
+    /// answered with no byte), goes once more on a fresh connection.
+    /// Nothing else is sent twice.
     async fn forward(
         &self,
         mut req: Request<RequestBody>,
@@ -473,10 +480,12 @@ impl Exchange<'_> {
     }
 }
 
-/// A copy of a request that can be sent again as it is: an idempotent
-/// method (RFC 9110 §9.2.2) and no body.
+/// A copy of a request that can be sent again as it is after the
+/// keep-alive race: one without a body (so no body byte went out). With a
+/// body, the body is gone once sent, so even an idempotent method is not
+/// sent twice.
 fn replayable(req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
-    if !matches!(req.body(), RequestBody::Empty) || !wire::is_idempotent(req.method()) {
+    if !matches!(req.body(), RequestBody::Empty) {
         return None;
     }
     let mut copy = Request::new(RequestBody::Empty);

@@ -18,6 +18,16 @@ pub enum Refusal {
     NoHost,
     /// More than one `Host` line (RFC 9112 §3.2: 400).
     ManyHosts,
+    /// A `Host` (or target authority) that is not `host[:port]`, or that
+    /// carries userinfo (RFC 9112 §3.2, RFC 9110 §4.2.4: 400).
+    BadHost,
+    /// A request target in a form its method may not use: `*` other than
+    /// with `OPTIONS`, authority-form other than with `CONNECT` (RFC 9112
+    /// §3.2.3, §3.2.4: 400).
+    BadTarget,
+    /// A transfer coding other than `chunked`, which the proxy would have
+    /// to understand to forward (RFC 9112 §6.1: 501).
+    TransferCoding,
     /// `CONNECT`: a reverse proxy opens no tunnels to arbitrary authorities
     /// (405).
     Connect,
@@ -26,8 +36,10 @@ pub enum Refusal {
 /// Fields that describe one connection, not the message (RFC 9110 §7.6.1),
 /// plus the de-facto `Proxy-Connection` and the proxy authentication pair.
 /// `Trailer` is not among them: it describes the message and travels with it.
-const HOP_BY_HOP: [HeaderName; 8] = [
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
+    // The settings of an h2c upgrade, for the next hop only (RFC 7540 §3.2.1).
+    HeaderName::from_static("http2-settings"),
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
@@ -41,27 +53,55 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// The methods RFC 9110 §9.2.2 calls idempotent: a request of one of these
-/// may be sent again after a connection failed under it.
-pub fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
-}
-
-/// Checks what the proxy must refuse in a request head: a missing or
-/// repeated `Host` in HTTP/1.1 (RFC 9112 §3.2), and `CONNECT`.
+/// Checks what the proxy must refuse in a request head: `CONNECT`; a
+/// target form the method may not use; a missing Host in HTTP/1.1 (or no
+/// authority at all in HTTP/2), more than one, or an invalid one (RFC 9112
+/// §3.2, RFC 9113 §8.3.1); a transfer coding other than `chunked`.
 pub fn check_request(parts: &request::Parts) -> Result<(), Refusal> {
     if parts.method == Method::CONNECT {
         return Err(Refusal::Connect);
     }
-    let mut hosts = parts.headers.get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (_, Some(_)) => Err(Refusal::ManyHosts),
-        (None, None) if parts.version == Version::HTTP_11 => Err(Refusal::NoHost),
-        _ => Ok(()),
+    let uri = &parts.uri;
+    let authority_form = uri.scheme().is_none() && uri.authority().is_some();
+    if authority_form || (uri.path() == "*" && parts.method != Method::OPTIONS) {
+        return Err(Refusal::BadTarget);
     }
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let host = match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => return Err(Refusal::ManyHosts),
+        (host, None) => host,
+    };
+    if let Some(a) = uri.authority() {
+        if a.as_str().contains('@') {
+            return Err(Refusal::BadHost);
+        }
+    }
+    match host {
+        Some(h) if !is_host(h.as_bytes()) => return Err(Refusal::BadHost),
+        None if parts.version == Version::HTTP_11 => return Err(Refusal::NoHost),
+        None if parts.version == Version::HTTP_2 && uri.authority().is_none() => {
+            return Err(Refusal::NoHost)
+        }
+        _ => {}
+    }
+    let codings = parts.headers.get_all(header::TRANSFER_ENCODING).iter();
+    if codings
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|c| !c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+    {
+        return Err(Refusal::TransferCoding);
+    }
+    Ok(())
+}
+
+/// Whether `v` is a `Host` value: `uri-host [":" port]` (RFC 9110 §7.2),
+/// an IP literal in brackets or a name of unreserved, percent-encoded and
+/// sub-delimiter characters, never userinfo. A comma, legal in a name but
+/// the mark of two values folded into one line, is refused too.
+fn is_host(v: &[u8]) -> bool {
+    !v.is_empty()
+        && v.iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+;=:[]".contains(&b))
 }
 
 /// Whether the client takes trailer fields in a response: HTTP/2 always
@@ -137,18 +177,34 @@ fn origin_form(uri: &Uri) -> Uri {
 /// length, and an intermediary forwarding such a message removes
 /// `Content-Length`); the version is the proxy's own (a backend's HTTP/1.0
 /// status line does not make a keep-alive client close).
+///
+/// A transfer coding besides `chunked` (say `gzip, chunked`) is part of
+/// the body's meaning: its `Transfer-Encoding` is kept, and the client's
+/// side chunks the still-coded body again.
 pub fn downstream_response(parts: &mut response::Parts) {
-    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+    let te = parts.headers.get(header::TRANSFER_ENCODING).cloned();
+    if te.is_some() {
         parts.headers.remove(header::CONTENT_LENGTH);
     }
+    let codings = te.filter(|te| !te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"));
     strip_hop_by_hop(&mut parts.headers);
+    if let Some(te) = codings {
+        parts.headers.insert(header::TRANSFER_ENCODING, te);
+    }
     parts.version = Version::HTTP_11;
 }
 
 /// The `Upgrade` value of an HTTP/1.1 upgrade request (`Connection:
 /// upgrade` plus `Upgrade`), read before the hop-by-hop fields go.
+///
+/// An upgrade to `h2c` is not one: it concerns only the next hop and is
+/// deprecated (RFC 9113 §3.1); passed on, it would open a tunnel past
+/// every rule here. Its `Upgrade` field is dropped like any hop-by-hop one.
 pub fn upgrade_of(version: Version, headers: &HeaderMap) -> Option<HeaderValue> {
-    if version != Version::HTTP_11 || !connection_has(headers, "upgrade") {
+    if version != Version::HTTP_11
+        || !connection_has(headers, "upgrade")
+        || list_has(headers, &header::UPGRADE, "h2c")
+    {
         return None;
     }
     headers.get(header::UPGRADE).cloned()

@@ -102,14 +102,15 @@ async fn python_http_server_serves_files_through_the_proxy() {
 }
 
 /// NGINX with two virtual hosts on one port, run in the foreground from
-/// its own prefix directory; `None` when nginx is not installed.
+/// its own prefix directory as one process (no master, so killing its PID
+/// leaves no worker behind); `None` when nginx is not installed.
 fn nginx_vhosts(dir: &Path) -> Option<(Server, SocketAddr)> {
     let nginx = ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
         .into_iter()
         .find(|p| Path::new(p).exists())?;
     let port = free_port();
     let conf = format!(
-        "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 64; }}\n\
+        "master_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 64; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n  fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  scgi_temp_path {d};\n\
          server {{ listen 127.0.0.1:{port} default_server; server_name _; return 200 \"default\\n\"; }}\n\
          server {{ listen 127.0.0.1:{port}; server_name one.example; return 200 \"one\\n\"; }}\n\

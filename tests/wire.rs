@@ -123,6 +123,93 @@ async fn host_missing_or_repeated_is_400_rfc9112_3_2() {
 }
 
 #[tokio::test]
+async fn invalid_host_or_target_form_is_400_rfc9112_3_2() {
+    let (backend, proxy) = behind_proxy(Arc::new(ok), "").await;
+    for (request, why) in [
+        (
+            "GET / HTTP/1.1\r\nHost: a.example, b.example\r\n\r\n",
+            "Host",
+        ),
+        ("GET / HTTP/1.1\r\nHost: a b\r\n\r\n", "Host"),
+        ("GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", "Host"),
+        (
+            "GET http://user:pw@app.example/ HTTP/1.1\r\nHost: app.example\r\n\r\n",
+            "Host",
+        ),
+        ("GET * HTTP/1.1\r\nHost: a\r\n\r\n", "form"),
+        (
+            "GET app.example:80 HTTP/1.1\r\nHost: app.example\r\n\r\n",
+            "form",
+        ),
+    ] {
+        let r = exchange(proxy.addr, request).await;
+        assert_eq!(r.status_line(), "HTTP/1.1 400 Bad Request", "{request:?}");
+        assert!(
+            String::from_utf8_lossy(&r.body).contains(why),
+            "{request:?}: {r:?}"
+        );
+    }
+    assert_eq!(
+        backend.accepted(),
+        0,
+        "a refused request reached the backend"
+    );
+}
+
+#[tokio::test]
+async fn transfer_codings_other_than_chunked_rfc9112_6_1() {
+    // A request coded with something the proxy would have to understand: 501.
+    let (backend, proxy) = behind_proxy(
+        fixed(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n4\r\nGZIP\r\n0\r\n\r\n",
+            false,
+        ),
+        "",
+    )
+    .await;
+    let r = exchange(
+        proxy.addr,
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n4\r\nGZIP\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status_line(), "HTTP/1.1 501 Not Implemented");
+    assert_eq!(backend.accepted(), 0);
+    // A response's coding is part of its meaning: kept for the client.
+    let r = exchange(proxy.addr, "GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(r.status_line(), "HTTP/1.1 200 OK");
+    assert!(
+        r.has_header("transfer-encoding", "gzip, chunked"),
+        "{}",
+        r.head
+    );
+    assert_eq!(r.body, b"GZIP");
+}
+
+#[tokio::test]
+async fn h2c_upgrade_is_not_passed_on_rfc9113_3_1() {
+    let (backend, proxy) = behind_proxy(
+        fixed(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n",
+            false,
+        ),
+        "",
+    )
+    .await;
+    let r = exchange(
+        proxy.addr,
+        "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+    )
+    .await;
+    // No tunnel: the backend's 101 to a request that (as forwarded) asked
+    // for no upgrade is a 502.
+    assert_eq!(r.status_line(), "HTTP/1.1 502 Bad Gateway");
+    let seen = backend.wait_requests(1).await.remove(0);
+    for gone in ["upgrade", "connection", "http2-settings"] {
+        assert!(seen.header(gone).is_empty(), "{gone}: {seen:?}");
+    }
+}
+
+#[tokio::test]
 async fn http10_without_host_is_forwarded_with_the_backends_address_rfc9112_3_2() {
     let (seen, backend) = forwarded("GET /old HTTP/1.0\r\nX-Client-Id: k\r\n\r\n").await;
     assert_eq!(seen.line, "GET /old HTTP/1.1");
@@ -448,6 +535,7 @@ async fn malformed_request_body_is_400_and_not_the_backends_fault() {
     .await;
     assert_eq!(r.status_line(), "HTTP/1.1 400 Bad Request");
     assert!(String::from_utf8_lossy(&r.body).contains("request body"));
+    assert!(r.has_header("connection", "close"), "{}", r.head);
     let m = proxy.metrics_text().await;
     assert_eq!(upstream_errors(&m, "protocol"), 0.0, "{m}");
     assert_eq!(
@@ -471,6 +559,7 @@ async fn slow_request_body_is_408_and_not_the_backends_fault() {
     .expect("write");
     let r = read_response(&mut s, &mut Vec::new(), false).await;
     assert_eq!(r.status_line(), "HTTP/1.1 408 Request Timeout");
+    assert!(r.has_header("connection", "close"), "{}", r.head);
     let m = proxy.metrics_text().await;
     assert_eq!(upstream_errors(&m, "timeout"), 0.0, "{m}");
     assert_eq!(upstream_errors(&m, "protocol"), 0.0, "{m}");
