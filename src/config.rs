@@ -2,6 +2,7 @@
 //! tokio. Every error names the line and column it comes from.
 
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -855,7 +856,12 @@ fn timeouts(at: &At<'_>, raw: Option<RawTimeouts>) -> Result<Timeouts, ConfigErr
     })
 }
 
-/// A duration like "500ms", "2s" or "1m"; zero only where `zero_ok`.
+/// The longest duration any setting takes: one year (365 days). Bounded so
+/// that no instant plus a configured duration can overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A duration like "500ms", "2s" or "1m", at most `MAX_DURATION`; zero
+/// only where `zero_ok`.
 fn duration(
     at: &At<'_>,
     v: &Option<Spanned<String>>,
@@ -869,6 +875,13 @@ fn duration(
             Ok(d) if d.is_zero() && !zero_ok => {
                 Err(at(s.span(), format!("{name} must be greater than zero")))
             }
+            Ok(d) if d > MAX_DURATION => Err(at(
+                s.span(),
+                format!(
+                    "{name}: {:?} is longer than the 1 year allowed",
+                    s.get_ref()
+                ),
+            )),
             Ok(d) => Ok(d),
             Err(e) => Err(at(
                 s.span(),
@@ -893,7 +906,11 @@ fn backends(
         ));
     }
     let mut out: Vec<BackendConfig> = Vec::with_capacity(raw.len());
-    let mut spans: Vec<(Range<usize>, Range<usize>)> = Vec::with_capacity(raw.len());
+    // Where each name and address was first seen: one hash look-up per
+    // backend, so a pool of 100,000 is checked in linear time.
+    let mut names: HashMap<String, usize> = HashMap::with_capacity(raw.len());
+    let mut addresses: HashMap<String, usize> = HashMap::with_capacity(raw.len());
+    let first_line = |offset: usize| locate(text, "", offset, String::new()).line;
     for b in raw {
         let b = b.into_inner();
         let name = b.name.get_ref().trim();
@@ -923,23 +940,22 @@ fn backends(
                     )
                 })?,
         };
-        for (prev, (name_span, addr_span)) in out.iter().zip(&spans) {
-            if prev.name == name {
-                let line = locate(text, "", name_span.start, String::new()).line;
-                return Err(at(
-                    b.name.span(),
-                    format!("duplicate backend name {name:?} (first used on line {line})"),
-                ));
-            }
-            if prev.address == address {
-                let line = locate(text, "", addr_span.start, String::new()).line;
-                return Err(at(
-                    b.address.span(),
-                    format!("duplicate backend address {address:?} (first used on line {line})"),
-                ));
-            }
+        if let Some(&first) = names.get(name) {
+            let line = first_line(first);
+            return Err(at(
+                b.name.span(),
+                format!("duplicate backend name {name:?} (first used on line {line})"),
+            ));
         }
-        spans.push((b.name.span(), b.address.span()));
+        if let Some(&first) = addresses.get(address) {
+            let line = first_line(first);
+            return Err(at(
+                b.address.span(),
+                format!("duplicate backend address {address:?} (first used on line {line})"),
+            ));
+        }
+        names.insert(name.to_string(), b.name.span().start);
+        addresses.insert(address.to_string(), b.address.span().start);
         out.push(BackendConfig {
             name: name.to_string(),
             address: address.to_string(),

@@ -14,6 +14,7 @@
 //! - `wire`: the RFC rules of an intermediary: refused requests, the
 //!   backend's request head (origin-form, one `Host`), the client's response head.
 //! - `body`: request bodies going upstream; the client's faults told apart.
+//! - `files`: reading operator files: regular files only, size-bounded.
 //! - `error`: every failure the proxy answers itself -> status and body.
 //! - `proxy`: the request path: key -> pick -> rewrite -> forward -> finish.
 //! - `tls`: certificate and key PEM files -> rustls server config (ALPN h2, http/1.1).
@@ -40,6 +41,7 @@ pub mod body;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod files;
 pub mod health;
 pub mod idle;
 pub mod key;

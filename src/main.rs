@@ -110,8 +110,7 @@ fn main() -> ExitCode {
 }
 
 fn load(path: &Path) -> Result<Config, Failure> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = stickylb::files::read_config(path)?;
     Ok(config::from_toml_str(&text, &path.display().to_string())?)
 }
 

@@ -97,7 +97,7 @@ pub fn load_tls(
 }
 
 fn read(path: &Path) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    crate::files::read_config(path)
 }
 
 /// A hash of the config text and the bytes of the certificate files it
@@ -109,7 +109,9 @@ fn input_hash(config_path: &Path, text: &str, tls: Option<&config::TlsFiles>) ->
         let files = tls::resolve(files, tls::base_dir(config_path));
         for file in [&files.cert, &files.key] {
             // Unreadable now: hash nothing; the reload itself reports it.
-            h.update(&std::fs::read(file).unwrap_or_default());
+            h.update(
+                &crate::files::read_bounded(file, crate::files::MAX_TLS_BYTES).unwrap_or_default(),
+            );
         }
     }
     h.digest()

@@ -82,7 +82,8 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
 }
 
 fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read TLS {what} file {}: {e}", path.display()))
+    crate::files::read_bounded(path, crate::files::MAX_TLS_BYTES)
+        .map_err(|e| format!("TLS {what} file: {e}"))
 }
 
 #[cfg(test)]

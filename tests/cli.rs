@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn stickylb(args: &[&str]) -> Output {
@@ -125,6 +126,31 @@ fn check_errors_name_the_line() {
             "routing.key",
         ),
         (format!("{b}weight = \"heavy\"\n"), 4, "invalid type"),
+        (
+            format!("[timeouts]\nidle = \"300000000000years\"\n{b}"),
+            2,
+            "longer than the 1 year allowed",
+        ),
+        (
+            format!("[timeouts]\nconnect = \"1s\"\nclient_header_read = \"366d\"\n{b}"),
+            3,
+            "timeouts.client_header_read",
+        ),
+        (
+            format!("[timeouts]\nupgraded_idle = \"2y\"\n{b}"),
+            2,
+            "longer than the 1 year allowed",
+        ),
+        (
+            format!("{b}[health]\ninterval = \"400d\"\n"),
+            5,
+            "health.interval",
+        ),
+        (
+            format!("[routing]\nsticky_cookie = {{ name = \"id\", max_age = \"5y\" }}\n{b}"),
+            2,
+            "1 year",
+        ),
         ("[[backend]\nname = \"a\"\n".to_string(), 1, ""),
     ];
     let dir = tempfile::tempdir().unwrap();
@@ -141,6 +167,45 @@ fn check_errors_name_the_line() {
         assert!(stderr.contains(what), "want {what:?} in {stderr:?}");
         assert_eq!(stderr.lines().count(), 1, "one sentence: {stderr:?}");
         assert!(!stderr.contains("panicked"));
+    }
+}
+
+#[test]
+fn untrusted_files_are_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.toml");
+    std::fs::write(&big, vec![b'#'; 2 << 20]).unwrap();
+    let fifo = dir.path().join("fifo.toml");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    let utf8 = dir.path().join("latin1.toml");
+    std::fs::write(
+        &utf8,
+        b"[[backend]]\nname = \"caf\xe9\"\naddress = \"127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    for (path, what) in [
+        (Path::new("/dev/zero"), "not a regular file"),
+        (Path::new("/dev/urandom"), "not a regular file"),
+        (fifo.as_path(), "not a regular file"),
+        (dir.path(), "not a regular file"),
+        (big.as_path(), "more than the 1048576 allowed"),
+        (utf8.as_path(), ":2:12: the file is not UTF-8"),
+    ] {
+        let start = std::time::Instant::now();
+        let out = stickylb(&["check", "--config", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{path:?}: {stderr}");
+        assert!(
+            stderr.contains(what),
+            "{path:?}: want {what:?} in {stderr:?}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "one sentence: {stderr:?}");
+        // Bounded: no read of an endless device, no wait on a FIFO writer.
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "{path:?}"
+        );
     }
 }
 
