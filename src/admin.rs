@@ -1,6 +1,7 @@
 //! The admin listener: `/metrics`, `/healthz`, `/ring`, `/ring/lookup`.
 //! Its own small hyper server, apart from the proxy's connections.
 
+use crate::idle::{Activity, Deadlines, Expiry, Tracked};
 use crate::metrics::Metrics;
 use crate::ring::degrees;
 use crate::router::Router;
@@ -13,20 +14,40 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 pub struct Admin {
     pub router: Arc<Router>,
     pub metrics: Arc<Metrics>,
 }
 
-/// Serves the admin endpoints on `listener` until `shutdown` resolves.
+/// Admin connections open at once at most; past it, new ones wait in the
+/// kernel's accept queue, so no flood of idle admin clients can use up the
+/// proxy's file descriptors.
+pub const MAX_ADMIN_CONNECTIONS: usize = 64;
+
+/// Serves the admin endpoints on `listener` until `shutdown` resolves. A
+/// connection that sends no complete request head within
+/// `timeouts.client_header_read` is closed, and so is one idle for
+/// `timeouts.idle` after its requests.
 pub async fn run(listener: TcpListener, admin: Arc<Admin>, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
-    let mut conns = tokio::task::JoinSet::new();
+    // A semaphore: a place per open connection, moved into its task.
+    let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -37,36 +58,82 @@ pub async fn run(listener: TcpListener, admin: Arc<Admin>, shutdown: impl Future
                     continue;
                 }
             },
-            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
         };
-        let admin = admin.clone();
-        conns.spawn(async move {
-            let service = service_fn(move |req| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.answer(&req)) }
-            });
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10));
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, "admin connection: {e}");
+        let timeouts = admin.router.load().timeouts.clone();
+        let deadlines = Deadlines {
+            accepted: Instant::now(),
+            header_read: timeouts.client_header_read,
+            idle: timeouts.idle,
+        };
+        tokio::spawn(serve(admin.clone(), stream, peer, deadlines, permit));
+    }
+}
+
+/// One admin connection, closed by its deadlines.
+async fn serve(
+    admin: Arc<Admin>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    deadlines: Deadlines,
+    _slot: OwnedSemaphorePermit,
+) {
+    let activity = Arc::new(Activity::new());
+    let io = Tracked {
+        inner: stream,
+        watch: activity.clone(),
+    };
+    // Set by the service, read by the timer below.
+    let seen = Arc::new(AtomicBool::new(false));
+    let service = {
+        let seen = seen.clone();
+        service_fn(move |req| {
+            seen.store(true, Ordering::Relaxed);
+            let admin = admin.clone();
+            async move { Ok::<_, Infallible>(admin.answer(&req)) }
+        })
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(deadlines.header_read);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        let seen_request = seen.load(Ordering::Relaxed);
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(%peer, "admin connection: {e}");
+                }
+                return;
             }
-        });
+            () = tokio::time::sleep_until(deadlines.next(&activity, seen_request)), if !closing => {
+                match deadlines.expired(&activity, seen_request) {
+                    Some(Expiry::HeaderRead) => return,
+                    Some(Expiry::Idle) => {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    None => {}
+                }
+            }
+        }
     }
 }
 
 impl Admin {
     pub fn answer(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            return text(
+            let mut r = text(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "only GET is served here\n".into(),
+                "only GET and HEAD are served here\n".into(),
             );
+            // RFC 9110 §15.5.6: a 405 names the methods that are allowed.
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return r;
         }
         match req.uri().path() {
             "/metrics" => {

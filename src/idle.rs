@@ -135,3 +135,52 @@ pub async fn until_idle(activity: &Activity, idle: Duration) {
         }
     }
 }
+
+/// When a client connection is due to close: one that has not sent a
+/// complete request head within `header_read` of being accepted, or that
+/// moved no byte for `idle` after its first request.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    pub accepted: Instant,
+    pub header_read: Duration,
+    pub idle: Duration,
+}
+
+/// Why a connection's time is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// No complete request head in time: close at once.
+    HeaderRead,
+    /// Idle after its requests: close gracefully.
+    Idle,
+}
+
+impl Deadlines {
+    /// The next instant to look again; `seen_request`: whether a request
+    /// head has arrived on the connection.
+    pub fn next(&self, activity: &Activity, seen_request: bool) -> Instant {
+        if seen_request {
+            return activity.last() + self.idle;
+        }
+        // A request may arrive while the timer waits for the header
+        // deadline; when `idle` is the shorter, look again at its first
+        // possible expiry too.
+        let header = self.accepted + self.header_read;
+        let idle = activity.last() + self.idle;
+        if idle < header && idle > Instant::now() {
+            idle
+        } else {
+            header
+        }
+    }
+
+    /// Whether the connection's time is up now, and why.
+    pub fn expired(&self, activity: &Activity, seen_request: bool) -> Option<Expiry> {
+        let now = Instant::now();
+        if !seen_request {
+            (self.accepted + self.header_read <= now).then_some(Expiry::HeaderRead)
+        } else {
+            (activity.last() + self.idle <= now).then_some(Expiry::Idle)
+        }
+    }
+}

@@ -2,8 +2,8 @@
 //! detected per connection) or TLS (HTTP/2 or HTTP/1.1 by ALPN), handshake,
 //! header-read and idle timeouts, and a bounded graceful drain.
 
-use crate::config::{Limits, Timeouts, MIN_HEADER_BYTES};
-use crate::idle::{Activity, Tracked};
+use crate::config::{Limits, MIN_HEADER_BYTES};
+use crate::idle::{Activity, Deadlines, Expiry, Tracked};
 use crate::proxy::{ConnInfo, ConnState, Proxy};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -148,12 +148,18 @@ struct Connection {
 
 impl Connection {
     async fn serve(mut self, stream: TcpStream, peer: SocketAddr, transport: Transport) {
+        let accepted = Instant::now();
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, "set_nodelay: {e}");
         }
         let (timeouts, limits, tls) = {
             let snap = self.proxy.router().load();
             (snap.timeouts.clone(), snap.limits, snap.tls.clone())
+        };
+        let deadlines = Deadlines {
+            accepted,
+            header_read: timeouts.client_header_read,
+            idle: timeouts.idle,
         };
         let activity = Arc::new(Activity::new());
         let tracked = Tracked {
@@ -163,7 +169,7 @@ impl Connection {
         match transport {
             Transport::Plain => {
                 let io = TokioIo::new(tracked);
-                self.serve_http(io, peer, "http", None, activity, &timeouts, limits)
+                self.serve_http(io, peer, "http", None, activity, deadlines, limits)
                     .await;
             }
             Transport::Tls => {
@@ -188,7 +194,7 @@ impl Connection {
                 };
                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                 let io = TokioIo::new(stream);
-                self.serve_http(io, peer, "https", Some(h2), activity, &timeouts, limits)
+                self.serve_http(io, peer, "https", Some(h2), activity, deadlines, limits)
                     .await;
             }
         }
@@ -204,7 +210,7 @@ impl Connection {
         scheme: &'static str,
         alpn_h2: Option<bool>,
         activity: Arc<Activity>,
-        timeouts: &Timeouts,
+        deadlines: Deadlines,
         limits: Limits,
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -219,7 +225,7 @@ impl Connection {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(timeouts.client_header_read)
+            .header_read_timeout(deadlines.header_read)
             .max_buf_size(header_bytes)
             // A client may shut its write side after a complete request and
             // still wait for the response (RFC 9112 §9.6).
@@ -240,18 +246,21 @@ impl Connection {
         // Shared by the connection's requests: one generated sticky id.
         let state = Arc::new(ConnState::default());
         let proxy = self.proxy.clone();
-        let service = service_fn(move |req| {
-            let proxy = proxy.clone();
+        let service = {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, info, &state).await) }
-        });
+            service_fn(move |req| {
+                let proxy = proxy.clone();
+                let state = state.clone();
+                state.request_arrived();
+                async move { Ok::<_, Infallible>(proxy.handle(req, info, &state).await) }
+            })
+        };
         let conn = builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
 
-        let idle = timeouts.idle;
         let mut draining = false;
         loop {
-            let deadline = activity.last() + idle;
+            let deadline = deadlines.next(&activity, state.seen_request());
             tokio::select! {
                 res = conn.as_mut() => {
                     if let Err(e) = res {
@@ -270,10 +279,17 @@ impl Connection {
                     }
                 }
                 () = tokio::time::sleep_until(deadline), if !draining => {
-                    if activity.last() + idle <= Instant::now() {
-                        tracing::debug!(%peer, "closing connection idle for {idle:?}");
-                        draining = true;
-                        conn.as_mut().graceful_shutdown();
+                    match deadlines.expired(&activity, state.seen_request()) {
+                        Some(Expiry::HeaderRead) => {
+                            tracing::debug!(%peer, "closing connection: no request head within {:?}", deadlines.header_read);
+                            return;
+                        }
+                        Some(Expiry::Idle) => {
+                            tracing::debug!(%peer, "closing connection idle for {:?}", deadlines.idle);
+                            draining = true;
+                            conn.as_mut().graceful_shutdown();
+                        }
+                        None => {}
                     }
                 }
             }

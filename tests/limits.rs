@@ -1,0 +1,90 @@
+//! Local limits stay local: silent connections are closed by the proxy's
+//! own clocks (proxy and admin listeners alike), and the admin listener
+//! answers what it does not serve with the methods it does.
+
+mod common;
+
+use common::recording::{ok, read_for, read_response, RecordingBackend};
+use common::*;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+async fn proxy_with(extra: &str) -> (RecordingBackend, TestProxy) {
+    let backend = RecordingBackend::spawn(Arc::new(ok)).await;
+    let proxy = spawn_proxy(&config_for(&[("rec", backend.addr)], "", extra)).await;
+    (backend, proxy)
+}
+
+/// Opens a connection that sends `bytes` (maybe none) and then nothing;
+/// returns how long until the peer closed it (at most 10 s).
+async fn closed_after(addr: SocketAddr, bytes: &[u8]) -> Duration {
+    let start = Instant::now();
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(bytes).await.expect("write");
+    let got = read_for(&mut s, Duration::from_secs(10)).await;
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(10), "still open after 10 s");
+    // HTTP/1.1: closed with nothing said; HTTP/2: after the server's preface.
+    assert!(
+        got.is_empty() || !bytes.starts_with(b"GET"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    took
+}
+
+#[tokio::test]
+async fn silent_connections_close_after_client_header_read() {
+    let (_backend, proxy) =
+        proxy_with("[timeouts]\nclient_header_read = \"300ms\"\nidle = \"60s\"").await;
+    for (addr, bytes) in [
+        (proxy.addr, &b""[..]),
+        (proxy.addr, &b"GET / HTTP/1.1\r\nHost: a\r\n"[..]),
+        (proxy.admin, &b""[..]),
+        (proxy.admin, &b"GET /metrics HTTP/1.1\r\n"[..]),
+    ] {
+        let took = closed_after(addr, bytes).await;
+        assert!(
+            took >= Duration::from_millis(250),
+            "{addr}: closed after {took:?}"
+        );
+    }
+    // An HTTP/2 connection that opens and then asks for nothing, too.
+    let took = closed_after(proxy.addr, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+    assert!(took >= Duration::from_millis(250), "h2: {took:?}");
+}
+
+#[tokio::test]
+async fn admin_connections_idle_after_a_request_close_after_idle() {
+    let (_backend, proxy) =
+        proxy_with("[timeouts]\nclient_header_read = \"5s\"\nidle = \"300ms\"").await;
+    let mut s = TcpStream::connect(proxy.admin).await.expect("connect");
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let r = read_response(&mut s, &mut Vec::new(), false).await;
+    assert_eq!(r.status_line(), "HTTP/1.1 200 OK");
+    let start = Instant::now();
+    let rest = read_for(&mut s, Duration::from_secs(10)).await;
+    assert!(rest.is_empty());
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(4),
+        "closed after {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn admin_405_names_the_allowed_methods_rfc9110_15_5_6() {
+    let (_backend, proxy) = proxy_with("").await;
+    let mut s = TcpStream::connect(proxy.admin).await.expect("connect");
+    s.write_all(b"POST /metrics HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .expect("write");
+    let r = read_response(&mut s, &mut Vec::new(), false).await;
+    assert_eq!(r.status_line(), "HTTP/1.1 405 Method Not Allowed");
+    assert!(r.has_header("allow", "GET, HEAD"), "{}", r.head);
+}
