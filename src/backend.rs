@@ -19,6 +19,8 @@ pub struct UpstreamOptions {
     pub connect_timeout: Duration,
     /// How long an idle pooled connection is kept.
     pub pool_idle: Duration,
+    /// Connections to the backend, pooled and in use, at most.
+    pub max_connections: usize,
 }
 
 pub struct Backend {
@@ -135,7 +137,7 @@ impl Backend {
             metrics,
             upstream,
             health,
-            pool: Pool::new(address, upstream.connect_timeout, upstream.pool_idle),
+            pool: Pool::new(address, upstream),
             in_flight: AtomicI64::new(0),
         })
     }

@@ -43,6 +43,8 @@ pub struct HealthConfig {
 pub struct Limits {
     pub max_connections: usize,
     pub max_request_header_bytes: usize,
+    /// Connections to each backend, pooled and in use, at most.
+    pub max_backend_connections: usize,
 }
 
 /// The smallest header limit the HTTP/1 parser can work with.
@@ -302,6 +304,7 @@ struct RawHealth {
 struct RawLimits {
     max_connections: Option<Spanned<i64>>,
     max_request_header_bytes: Option<Spanned<i64>>,
+    max_backend_connections: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -508,6 +511,7 @@ fn limits(at: &At<'_>, raw: Option<RawLimits>) -> Result<Limits, ConfigError> {
     let raw = raw.unwrap_or(RawLimits {
         max_connections: None,
         max_request_header_bytes: None,
+        max_backend_connections: None,
     });
     let num = |v: Option<Spanned<i64>>,
                name: &str,
@@ -541,6 +545,12 @@ fn limits(at: &At<'_>, raw: Option<RawLimits>) -> Result<Limits, ConfigError> {
             "max_request_header_bytes",
             16_384,
             MIN_HEADER_BYTES..=MAX_HEADER_BYTES,
+        )?,
+        max_backend_connections: num(
+            raw.max_backend_connections,
+            "max_backend_connections",
+            1024,
+            1..=1_000_000,
         )?,
     })
 }

@@ -27,8 +27,16 @@ pub enum ProxyError {
     /// The backend answered `101 Switching Protocols` to a request that
     /// asked for no upgrade.
     UnaskedUpgrade,
+    /// The backend's response has a transfer coding besides `chunked`,
+    /// which only an HTTP/1.1 client can be sent.
+    Coding,
     /// No backend is available.
     NoBackend,
+    /// The backend's connection cap (`limits.max_backend_connections`) was
+    /// reached and none came free in time: the proxy's limit.
+    BackendBusy,
+    /// The proxy ran out of its own resources (file descriptors, ports).
+    LocalResources,
 }
 
 /// What is wrong with a request the proxy refuses with 400.
@@ -77,11 +85,14 @@ impl ProxyError {
             ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Method => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::TransferCoding => StatusCode::NOT_IMPLEMENTED,
-            ProxyError::Connect | ProxyError::Protocol | ProxyError::UnaskedUpgrade => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::Connect
+            | ProxyError::Protocol
+            | ProxyError::UnaskedUpgrade
+            | ProxyError::Coding => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoBackend | ProxyError::BackendBusy | ProxyError::LocalResources => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -117,7 +128,16 @@ impl ProxyError {
             ProxyError::UnaskedUpgrade => {
                 "bad gateway: the backend switched protocols though no upgrade was asked for\n"
             }
+            ProxyError::Coding => {
+                "bad gateway: the backend's transfer coding cannot be passed on over this protocol\n"
+            }
             ProxyError::NoBackend => "service unavailable: no healthy backend\n",
+            ProxyError::BackendBusy => {
+                "service unavailable: every connection to the backend is in use\n"
+            }
+            ProxyError::LocalResources => {
+                "service unavailable: the proxy is out of local resources\n"
+            }
         }
     }
 
@@ -131,8 +151,10 @@ impl ProxyError {
             ProxyError::TransferCoding => "not_implemented",
             ProxyError::Connect => "connect",
             ProxyError::Timeout => "timeout",
-            ProxyError::Protocol | ProxyError::UnaskedUpgrade => "protocol",
+            ProxyError::Protocol | ProxyError::UnaskedUpgrade | ProxyError::Coding => "protocol",
             ProxyError::NoBackend => "no_backend",
+            ProxyError::BackendBusy => "backend_busy",
+            ProxyError::LocalResources => "local_resources",
         }
     }
 
@@ -148,7 +170,10 @@ impl ProxyError {
             | ProxyError::ClientTimeout
             | ProxyError::Method
             | ProxyError::TransferCoding
-            | ProxyError::NoBackend => None,
+            | ProxyError::Coding
+            | ProxyError::NoBackend
+            | ProxyError::BackendBusy
+            | ProxyError::LocalResources => None,
         }
     }
 

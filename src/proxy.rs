@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use hyper::body::{Body, Frame, SizeHint};
 use prometheus::IntCounter;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -168,7 +168,12 @@ impl Proxy {
             Ok(picked) => picked,
             Err(e) => {
                 log_error(e, None, &parts.method, parts.uri.path());
-                return error_response(e);
+                let mut resp = error_response(e);
+                if !body.is_end_stream() && parts.version < http::Version::HTTP_2 {
+                    // The body is not read: the connection cannot go on.
+                    close_connection(&mut resp);
+                }
+                return resp;
             }
         };
         // Cheap copies (no allocation) for the log lines after the request is sent.
@@ -185,6 +190,14 @@ impl Proxy {
         let (body, progress) = if body.is_end_stream() {
             (RequestBody::Empty, None)
         } else {
+            if body.size_hint().exact().is_none() {
+                // Framed by chunks upstream whatever the method (left to
+                // itself, the client side would send a GET's body as none).
+                parts.headers.insert(
+                    header::TRANSFER_ENCODING,
+                    HeaderValue::from_static("chunked"),
+                );
+            }
             let (body, progress) = ClientBody::new(body, picked.client_body_read);
             (RequestBody::Client(body), Some(progress))
         };
@@ -206,6 +219,14 @@ impl Proxy {
             {
                 let e = ProxyError::UnaskedUpgrade;
                 self.upstream_failed(&backend, e);
+                log_error(e, Some(&backend), &method, path);
+                (error_response(e), backend)
+            }
+            Ok((resp, backend, _))
+                if client_version != http::Version::HTTP_11
+                    && wire::has_other_codings(resp.headers()) =>
+            {
+                let e = ProxyError::Coding;
                 log_error(e, Some(&backend), &method, path);
                 (error_response(e), backend)
             }
@@ -238,9 +259,7 @@ impl Proxy {
                 log_error(e, Some(&backend), &method, path);
                 let mut resp = error_response(e);
                 if e.ends_connection() && client_version < http::Version::HTTP_2 {
-                    // Said, not only done: the client must not send more here.
-                    resp.headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    close_connection(&mut resp);
                 }
                 (resp, backend)
             }
@@ -327,9 +346,9 @@ impl Proxy {
     /// response headers within the timeout. A connect failure (nothing was
     /// sent) is retried once on the next backend in the key's preference
     /// order. A request a reused connection failed to carry, because the
-    /// backend had closed it (given back unsent, or sent without a body and
-    /// answered with no byte), goes once more on a fresh connection.
-    /// Nothing else is sent twice.
+    /// backend had closed it (given back unsent, or an idempotent request
+    /// without a body answered with no byte), goes once more on a fresh
+    /// connection. Nothing else is sent twice.
     async fn forward(
         &self,
         mut req: Request<RequestBody>,
@@ -347,6 +366,11 @@ impl Proxy {
             };
             let conn = match conn {
                 Ok(c) => c,
+                Err(ConnectError::Busy) => return Err((ProxyError::BackendBusy, backend)),
+                Err(ConnectError::Local(e)) => {
+                    local_shortage(&backend, &e);
+                    return Err((ProxyError::LocalResources, backend));
+                }
                 Err(e) => {
                     self.connect_failed(&backend, x.fall, &e);
                     let next = if moved_on {
@@ -447,6 +471,22 @@ impl Proxy {
     }
 }
 
+/// Logs that the proxy itself ran out of something while connecting to
+/// `backend`: a warning at most once a second, however many requests hit
+/// it, since under such a shortage every request would.
+fn local_shortage(backend: &Backend, e: &std::io::Error) {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if LAST.swap(now, Ordering::Relaxed) != now {
+        tracing::warn!(
+            backend = &*backend.name,
+            "cannot open a backend connection: {e}; this is the proxy's own limit (raise the open files limit or lower limits.max_connections), not the backend's fault"
+        );
+    }
+}
+
 /// What `forward` needs besides the request: the key's hash (for the
 /// next backend), passive health, the response timeout, the client body's
 /// progress, and whether `Host` is the backend's own address.
@@ -496,11 +536,11 @@ impl Exchange<'_> {
 }
 
 /// A copy of a request that can be sent again as it is after the
-/// keep-alive race: one without a body (so no body byte went out). With a
-/// body, the body is gone once sent, so even an idempotent method is not
-/// sent twice.
+/// keep-alive race: no body (so none went out) and an idempotent method,
+/// since a proxy must not retry any other (RFC 9110 §9.2.2): the race
+/// cannot be told apart from a backend that took the request and died.
 fn replayable(req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
-    if !matches!(req.body(), RequestBody::Empty) {
+    if !matches!(req.body(), RequestBody::Empty) || !wire::is_idempotent(req.method()) {
         return None;
     }
     let mut copy = Request::new(RequestBody::Empty);
@@ -613,6 +653,14 @@ fn log_error(e: ProxyError, backend: Option<&Backend>, method: &http::Method, pa
     } else {
         tracing::warn!(backend, %method, path, status, "{cause}");
     }
+}
+
+/// Says `Connection: close` on an HTTP/1 answer after which the
+/// connection cannot carry another request (RFC 9112 §9.6): said, not only
+/// done, so the client sends nothing more on it.
+fn close_connection(resp: &mut Response<ProxyBody>) {
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
 }
 
 /// The proxy's own short plain-text answer for `e`.

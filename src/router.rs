@@ -84,6 +84,7 @@ impl Snapshot {
         let upstream = UpstreamOptions {
             connect_timeout: config.timeouts.connect,
             pool_idle: config.timeouts.upstream_idle,
+            max_connections: config.limits.max_backend_connections,
         };
         let mut backends = Vec::with_capacity(config.backends.len());
         let mut members = Vec::with_capacity(config.backends.len());

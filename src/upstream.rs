@@ -12,6 +12,7 @@
 //! come before any byte of the response: such a request was never
 //! answered, and the caller may send it again on a fresh connection.
 
+use crate::backend::UpstreamOptions;
 use crate::body::RequestBody;
 use crate::idle::{Tracked, Watch};
 use crate::wire;
@@ -21,11 +22,12 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 /// Idle connections kept per backend at most.
@@ -39,6 +41,24 @@ pub enum ConnectError {
     Timeout,
     Io(std::io::Error),
     Handshake(hyper::Error),
+    /// The backend's connection cap was reached and none came free within
+    /// the connect timeout: the proxy's limit, not the backend's fault.
+    Busy,
+    /// The proxy's own resources ran out (file descriptors, ports, buffer
+    /// memory): not the backend's fault.
+    Local(std::io::Error),
+}
+
+impl ConnectError {
+    /// Whether the failure says something about the backend (it refused,
+    /// did not answer, broke the handshake), as opposed to the proxy's own
+    /// limits.
+    pub fn is_backends(&self) -> bool {
+        matches!(
+            self,
+            ConnectError::Timeout | ConnectError::Io(_) | ConnectError::Handshake(_)
+        )
+    }
 }
 
 impl std::fmt::Display for ConnectError {
@@ -47,8 +67,22 @@ impl std::fmt::Display for ConnectError {
             ConnectError::Timeout => write!(f, "connect timed out"),
             ConnectError::Io(e) => write!(f, "connect failed: {e}"),
             ConnectError::Handshake(e) => write!(f, "handshake failed: {e}"),
+            ConnectError::Busy => write!(
+                f,
+                "all connections to the backend are in use (limits.max_backend_connections)"
+            ),
+            ConnectError::Local(e) => write!(f, "out of local resources: {e}"),
         }
     }
+}
+
+/// Whether a connect error is the proxy's own shortage (RFC-free: the OS
+/// said so): out of file descriptors, of local ports, of buffer memory.
+fn is_local(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+    )
 }
 
 /// Why a request failed once handed to a connection.
@@ -74,6 +108,15 @@ pub struct Pool {
     /// Idle connections, most recently used last. A mutex held for a push
     /// or a pop only; never across an await.
     idle: Mutex<IdleList>,
+    /// One permit per connection, pooled or in use
+    /// (`limits.max_backend_connections`); a semaphore so that a request
+    /// at the cap waits without spinning. A connection's permit lives in
+    /// its task and comes back when the connection closes.
+    slots: Arc<Semaphore>,
+    max_connections: usize,
+    /// Requests waiting at the cap, told when a connection comes back idle.
+    waiters: AtomicUsize,
+    returned: Notify,
 }
 
 #[derive(Default)]
@@ -100,12 +143,16 @@ pub struct Conn {
 }
 
 impl Pool {
-    pub fn new(address: &str, connect_timeout: Duration, idle_timeout: Duration) -> Arc<Self> {
+    pub fn new(address: &str, options: UpstreamOptions) -> Arc<Self> {
         Arc::new(Pool {
             address: address.into(),
-            connect_timeout,
-            idle_timeout,
+            connect_timeout: options.connect_timeout,
+            idle_timeout: options.pool_idle,
             idle: Mutex::new(IdleList::default()),
+            slots: Arc::new(Semaphore::new(options.max_connections)),
+            max_connections: options.max_connections,
+            waiters: AtomicUsize::new(0),
+            returned: Notify::new(),
         })
     }
 
@@ -118,18 +165,69 @@ impl Pool {
         self.lock().conns.len()
     }
 
+    /// Connections open now, pooled and in use.
+    pub fn open_count(&self) -> usize {
+        self.max_connections - self.slots.available_permits()
+    }
+
     /// A ready connection: the most recently used idle one that is still
-    /// open and within its idle time, else a new one.
+    /// open and within its idle time, else a new one. At the connection
+    /// cap, waits up to the connect timeout for one to come back or close.
     pub async fn acquire(&self) -> Result<Conn, ConnectError> {
+        self.get(true).await
+    }
+
+    /// A new connection, never a pooled one (to send again a request that a
+    /// pooled connection failed to carry); waits at the cap like `acquire`.
+    pub async fn connect(&self) -> Result<Conn, ConnectError> {
+        self.get(false).await
+    }
+
+    async fn get(&self, pooled: bool) -> Result<Conn, ConnectError> {
+        let mut deadline = None;
         loop {
-            let Some(idle) = self.lock().conns.pop() else {
-                break;
-            };
+            if pooled {
+                if let Some(conn) = self.take_idle().await {
+                    return Ok(conn);
+                }
+            }
+            if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+                return self.open(permit).await;
+            }
+            // At the cap: wait for a connection to come back idle, or for
+            // one to close and free its place, until the connect timeout.
+            let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.connect_timeout);
+            let notified = self.returned.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            self.waiters.fetch_add(1, Ordering::SeqCst);
+            let waited = async {
+                if pooled && !self.lock().conns.is_empty() {
+                    // Came back between the look above and the registration.
+                    return Ok(None);
+                }
+                tokio::select! {
+                    () = &mut notified => Ok(None),
+                    permit = self.slots.clone().acquire_owned() => Ok(permit.ok()),
+                    () = tokio::time::sleep_until(deadline) => Err(ConnectError::Busy),
+                }
+            }
+            .await;
+            self.waiters.fetch_sub(1, Ordering::SeqCst);
+            if let Some(permit) = waited? {
+                return self.open(permit).await;
+            }
+        }
+    }
+
+    /// The most recently used idle connection that is still usable.
+    async fn take_idle(&self) -> Option<Conn> {
+        loop {
             let Idle {
                 mut tx,
                 bytes_read,
                 expires,
-            } = idle;
+            } = self.lock().conns.pop()?;
             // Closed by the backend (its connection task saw the end) or
             // past its time: dropped here, which closes it.
             if tx.is_closed() || expires <= Instant::now() {
@@ -138,23 +236,28 @@ impl Pool {
             // Usually ready at once; a connection whose response just ended
             // may need the dispatcher to catch up.
             if tx.ready().await.is_ok() {
-                return Ok(Conn {
+                return Some(Conn {
                     tx,
                     bytes_read,
                     reused: true,
                 });
             }
         }
-        self.connect().await
     }
 
-    /// A fresh connection (also used to send again a request that a
-    /// pooled connection failed to carry).
-    pub async fn connect(&self) -> Result<Conn, ConnectError> {
+    /// Opens a new connection holding `permit` for as long as it lives.
+    async fn open(&self, permit: OwnedSemaphorePermit) -> Result<Conn, ConnectError> {
+        let local = |e: std::io::Error| {
+            if is_local(&e) {
+                ConnectError::Local(e)
+            } else {
+                ConnectError::Io(e)
+            }
+        };
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*self.address))
             .await
             .map_err(|_| ConnectError::Timeout)?
-            .map_err(ConnectError::Io)?;
+            .map_err(local)?;
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(address = &*self.address, "set_nodelay: {e}");
         }
@@ -172,6 +275,8 @@ impl Pool {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(address = &*address, "upstream connection: {e}");
             }
+            // The connection is closed: its place under the cap is free.
+            drop(permit);
         });
         Ok(Conn {
             tx,
@@ -195,6 +300,9 @@ impl Pool {
             bytes_read,
             expires,
         });
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.returned.notify_one();
+        }
         if !idle.sweeping {
             idle.sweeping = true;
             tokio::spawn(sweep(Arc::downgrade(self), expires));

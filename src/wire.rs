@@ -53,6 +53,15 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// The methods RFC 9110 §9.2.2 calls idempotent: a request of one of these
+/// may be sent again after a connection failed under it.
+pub fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
 /// Checks what the proxy must refuse in a request head: `CONNECT`; a
 /// target form the method may not use; a missing Host in HTTP/1.1 (or no
 /// authority at all in HTTP/2), more than one, or an invalid one (RFC 9112
@@ -84,24 +93,77 @@ pub fn check_request(parts: &request::Parts) -> Result<(), Refusal> {
         }
         _ => {}
     }
-    let codings = parts.headers.get_all(header::TRANSFER_ENCODING).iter();
-    if codings
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|c| !c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-    {
+    if has_other_codings(&parts.headers) {
         return Err(Refusal::TransferCoding);
     }
     Ok(())
 }
 
-/// Whether `v` is a `Host` value: `uri-host [":" port]` (RFC 9110 §7.2),
-/// an IP literal in brackets or a name of unreserved, percent-encoded and
-/// sub-delimiter characters, never userinfo. A comma, legal in a name but
-/// the mark of two values folded into one line, is refused too.
+/// Whether `Transfer-Encoding` names a coding besides `chunked` (`gzip,
+/// chunked`, say). Empty list elements do not count (RFC 9110 §5.6.1).
+pub fn has_other_codings(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"chunked"))
+}
+
+/// Whether `v` is a `Host` value: `uri-host [":" port]` (RFC 9110 §7.2,
+/// RFC 3986 §3.2.2): an IP literal in brackets, or a name of unreserved,
+/// percent-encoded and sub-delimiter characters (a comma, legal in a name
+/// but the mark of two values folded into one line, refused too); never
+/// userinfo; a port of at most five digits.
 fn is_host(v: &[u8]) -> bool {
-    !v.is_empty()
-        && v.iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+;=:[]".contains(&b))
+    let (host, port) = match v.first() {
+        Some(b'[') => match v.iter().position(|&b| b == b']') {
+            Some(end) => (&v[..=end], &v[end + 1..]),
+            None => return false,
+        },
+        _ => match v.iter().position(|&b| b == b':') {
+            Some(colon) => (&v[..colon], &v[colon..]),
+            None => (v, &v[v.len()..]),
+        },
+    };
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    let host_ok = match host.strip_prefix(b"[").and_then(|h| h.strip_suffix(b"]")) {
+        // IPv6 or IPvFuture: hex digits, dots, colons; a zone after `%25`.
+        Some(literal) => {
+            !literal.is_empty()
+                && literal
+                    .iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || b"-._~%:+!$&'()*;=".contains(&b))
+        }
+        None => !host.is_empty() && is_reg_name(host),
+    };
+    port_ok && host_ok
+}
+
+/// A registered name: unreserved characters, sub-delimiters but the
+/// comma, and `%XX` escapes (RFC 3986 §3.2.2).
+fn is_reg_name(name: &[u8]) -> bool {
+    let mut i = 0;
+    while i < name.len() {
+        match name[i] {
+            b'%' => {
+                let hex = name.get(i + 1..i + 3);
+                if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                    return false;
+                }
+                i += 3;
+                continue;
+            }
+            b if b.is_ascii_alphanumeric() || b"-._~!$&'()*+;=".contains(&b) => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    true
 }
 
 /// Whether the client takes trailer fields in a response: HTTP/2 always
@@ -180,13 +242,14 @@ fn origin_form(uri: &Uri) -> Uri {
 ///
 /// A transfer coding besides `chunked` (say `gzip, chunked`) is part of
 /// the body's meaning: its `Transfer-Encoding` is kept, and the client's
-/// side chunks the still-coded body again.
+/// side chunks the still-coded body again. Only an HTTP/1.1 client can
+/// take that (see `has_other_codings`).
 pub fn downstream_response(parts: &mut response::Parts) {
     let te = parts.headers.get(header::TRANSFER_ENCODING).cloned();
     if te.is_some() {
         parts.headers.remove(header::CONTENT_LENGTH);
     }
-    let codings = te.filter(|te| !te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"));
+    let codings = te.filter(|_| has_other_codings(&parts.headers));
     strip_hop_by_hop(&mut parts.headers);
     if let Some(te) = codings {
         parts.headers.insert(header::TRANSFER_ENCODING, te);
@@ -201,13 +264,25 @@ pub fn downstream_response(parts: &mut response::Parts) {
 /// deprecated (RFC 9113 §3.1); passed on, it would open a tunnel past
 /// every rule here. Its `Upgrade` field is dropped like any hop-by-hop one.
 pub fn upgrade_of(version: Version, headers: &HeaderMap) -> Option<HeaderValue> {
-    if version != Version::HTTP_11
-        || !connection_has(headers, "upgrade")
-        || list_has(headers, &header::UPGRADE, "h2c")
-    {
+    if version != Version::HTTP_11 || !connection_has(headers, "upgrade") {
         return None;
     }
-    headers.get(header::UPGRADE).cloned()
+    let value = headers.get(header::UPGRADE)?;
+    if !list_has(headers, &header::UPGRADE, "h2c") {
+        return Some(value.clone());
+    }
+    // The other protocols offered beside h2c, if any (a copy only here).
+    let others: Vec<&str> = value
+        .to_str()
+        .ok()?
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && !p.eq_ignore_ascii_case("h2c"))
+        .collect();
+    if others.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&others.join(", ")).ok()
 }
 
 /// `Connection: upgrade` and `Upgrade: protocol`, for the next hop.
