@@ -175,8 +175,30 @@ fn diff(old: &Path, new: &Path, json: bool) -> Result<(), Failure> {
 
 fn serve(path: &Path, threads: Option<usize>, with_demo: bool) -> Result<(), Failure> {
     let metrics = Arc::new(Metrics::new());
-    let (config, snap) = reload::load_initial(path, &metrics)?;
-    raise_open_files_limit();
+    let (config, mut snap) = reload::load_initial(path, &metrics)?;
+    if let Some(open_files) = raise_open_files_limit() {
+        let listeners = [config.listen.plain_listener(), config.listen.tls_listener()]
+            .iter()
+            .flatten()
+            .count();
+        let budget = server::FdBudget {
+            open_files,
+            listeners,
+            backend_caps: config.limits.max_backend_connections * config.backends.len(),
+        };
+        let wanted = snap.limits.max_connections;
+        let fitted = budget.fit(wanted);
+        if fitted < wanted {
+            tracing::warn!(
+                "limits.max_connections = {wanted} does not fit in the open files limit of {open_files} \
+                 beside {} backend connections (limits.max_backend_connections × backends) and {} reserved: \
+                 serving at most {fitted} client connections per listener; raise the limit (ulimit -n, LimitNOFILE) to serve more",
+                budget.backend_caps,
+                server::FdBudget::RESERVED,
+            );
+            snap.limits.max_connections = fitted;
+        }
+    }
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = threads {
         rt.worker_threads(n.max(1));
@@ -252,11 +274,20 @@ fn serve(path: &Path, threads: Option<usize>, with_demo: bool) -> Result<(), Fai
     })
 }
 
-/// Every connection is a file descriptor: raise the soft limit to the hard one.
-fn raise_open_files_limit() {
+/// Every connection is a file descriptor: raise the soft limit to the hard
+/// one; the limit now in force, if it could be read.
+fn raise_open_files_limit() -> Option<u64> {
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => tracing::info!("open files limit: {n}"),
-        Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),
+        Ok(n) => {
+            tracing::info!("open files limit: {n}");
+            Some(n)
+        }
+        Err(e) => {
+            tracing::warn!("cannot raise the open files limit: {e}");
+            rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .ok()
+                .map(|(soft, _)| soft)
+        }
     }
 }
 

@@ -297,6 +297,40 @@ impl Connection {
     }
 }
 
+/// The file descriptors the proxy may need at once, against the open
+/// files limit: every client connection of every listener, every backend
+/// connection up to the caps, and a reserve for listeners, the admin
+/// listener's connections, health checks, config and certificate files.
+/// HAProxy derives its `maxconn` from the limit the same way.
+#[derive(Debug, Clone, Copy)]
+pub struct FdBudget {
+    /// `RLIMIT_NOFILE` in force.
+    pub open_files: u64,
+    /// Client listeners (plain, TLS), each with its own `max_connections`.
+    pub listeners: usize,
+    /// `limits.max_backend_connections` × backends.
+    pub backend_caps: usize,
+}
+
+impl FdBudget {
+    /// Descriptors kept for everything but client and backend connections.
+    pub const RESERVED: usize = crate::admin::MAX_ADMIN_CONNECTIONS + 64;
+
+    /// The `max_connections` per listener that fits: `wanted` if it does;
+    /// else what is left beside the backend caps, but never less than a
+    /// quarter of the budget (then a flood of backend connections meets
+    /// `EMFILE` first, which is answered 503 `local_resources`), nor 1.
+    pub fn fit(&self, wanted: usize) -> usize {
+        let usable = usize::try_from(self.open_files)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(Self::RESERVED);
+        let listeners = self.listeners.max(1);
+        let left = usable.saturating_sub(self.backend_caps) / listeners;
+        let floor = usable / 4 / listeners;
+        wanted.min(left.max(floor)).max(1)
+    }
+}
+
 /// Counts a connection as open while alive.
 struct OpenGuard(Arc<AtomicUsize>);
 
@@ -310,5 +344,27 @@ impl OpenGuard {
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FdBudget;
+
+    #[test]
+    fn max_connections_fit_the_open_files_limit() {
+        let budget = |open_files, listeners, backend_caps| FdBudget {
+            open_files,
+            listeners,
+            backend_caps,
+        };
+        // Plenty: kept.
+        assert_eq!(budget(1 << 20, 1, 3 * 1024).fit(20_000), 20_000);
+        // 65536 - 128 reserved - 3072 backend = 62336, over two listeners.
+        assert_eq!(budget(65_536, 2, 3 * 1024).fit(40_000), 31_168);
+        // Backend caps alone exceed the limit: a quarter of it is kept.
+        assert_eq!(budget(600, 1, 1024).fit(20_000), 118);
+        // Never zero.
+        assert_eq!(budget(10, 1, 0).fit(20_000), 1);
     }
 }

@@ -88,3 +88,72 @@ async fn admin_405_names_the_allowed_methods_rfc9110_15_5_6() {
     assert_eq!(r.status_line(), "HTTP/1.1 405 Method Not Allowed");
     assert!(r.has_header("allow", "GET, HEAD"), "{}", r.head);
 }
+
+/// `n` concurrent GETs of `path` with one key; their statuses and bodies.
+async fn concurrent(addr: SocketAddr, path: &str, n: usize) -> Vec<(u16, String)> {
+    let client = client();
+    let sends = (0..n).map(|_| {
+        let client = client.clone();
+        let path = path.to_string();
+        async move {
+            let r = send(&client, get(addr, &path, &[("x-client-id", "hot")])).await;
+            (r.status.as_u16(), r.text())
+        }
+    });
+    futures_util::future::join_all(sends).await
+}
+
+#[tokio::test]
+async fn backend_connection_cap_holds_and_waiters_are_served() {
+    let backend = spawn_backend("capped").await;
+    let proxy = spawn_proxy(&config_text(
+        &[&backend],
+        "",
+        "[limits]\nmax_backend_connections = 3\n[timeouts]\nconnect = \"10s\"",
+    ))
+    .await;
+    // 30 requests of 50 ms each for one key: at most 3 connections, and
+    // every request is served once one comes back.
+    let replies = concurrent(proxy.addr, "/slow?ms=50", 30).await;
+    assert!(replies.iter().all(|(s, _)| *s == 200), "{replies:?}");
+    use std::sync::atomic::Ordering::Relaxed;
+    assert!(
+        backend.state.peak.load(Relaxed) <= 3,
+        "peak {}",
+        backend.state.peak.load(Relaxed)
+    );
+    assert!(backend.state.accepted.load(Relaxed) <= 3);
+}
+
+#[tokio::test]
+async fn at_the_backend_connection_cap_a_request_waits_then_gets_503_backend_busy() {
+    let backend = spawn_backend("capped").await;
+    let proxy = spawn_proxy(&config_text(
+        &[&backend],
+        "",
+        "[limits]\nmax_backend_connections = 2\n[timeouts]\nconnect = \"200ms\"\n[health]\ninterval = \"1h\"\nfall = 1",
+    ))
+    .await;
+    let replies = concurrent(proxy.addr, "/slow?ms=1500", 6).await;
+    let ok = replies.iter().filter(|(s, _)| *s == 200).count();
+    let busy: Vec<_> = replies.iter().filter(|(s, _)| *s == 503).collect();
+    assert_eq!((ok, busy.len()), (2, 4), "{replies:?}");
+    assert!(busy
+        .iter()
+        .all(|(_, b)| b.contains("every connection to the backend is in use")));
+    use std::sync::atomic::Ordering::Relaxed;
+    assert!(backend.state.peak.load(Relaxed) <= 2);
+    // The proxy's own limit: no upstream error, no health failure.
+    let m = proxy.metrics_text().await;
+    assert_eq!(
+        metric(
+            &m,
+            "stickylb_upstream_errors_total{backend=\"capped\",kind=\"connect\"}"
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&m, "stickylb_backend_healthy{backend=\"capped\"}"),
+        Some(1.0)
+    );
+}

@@ -14,6 +14,8 @@ use std::time::Duration;
 struct Running {
     child: Child,
     stderr: mpsc::Receiver<String>,
+    /// Log lines read while waiting for another.
+    passed: Vec<String>,
     stdout: mpsc::Receiver<String>,
 }
 
@@ -41,7 +43,22 @@ fn lines(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
 
 impl Running {
     fn start(config: &std::path::Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_stickylb"))
+        Self::start_with_open_files(config, None)
+    }
+
+    /// With `open_files`, the process runs under that open-files limit
+    /// (soft and hard), set by `prlimit` before it starts.
+    fn start_with_open_files(config: &std::path::Path, open_files: Option<u64>) -> Self {
+        let bin = env!("CARGO_BIN_EXE_stickylb");
+        let mut cmd = match open_files {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = cmd
             .args([
                 "--threads",
                 "2",
@@ -59,18 +76,23 @@ impl Running {
         let mut r = Running {
             child,
             stderr,
+            passed: Vec::new(),
             stdout,
         };
         r.wait_log("listening on");
         r
     }
 
-    /// Reads stderr until a line contains `pattern` (10 s at most).
+    /// Reads stderr until a line contains `pattern` (10 s at most); lines
+    /// passed over stay for later calls.
     fn wait_log(&mut self, pattern: &str) -> String {
+        if let Some(i) = self.passed.iter().position(|l| l.contains(pattern)) {
+            return self.passed.remove(i);
+        }
         loop {
             match self.stderr.recv_timeout(Duration::from_secs(10)) {
                 Ok(line) if line.contains(pattern) => return line,
-                Ok(_) => {}
+                Ok(line) => self.passed.push(line),
                 Err(e) => panic!("no log line with {pattern:?}: {e}"),
             }
         }
@@ -179,4 +201,90 @@ async fn sighup_reloads_access_log_and_sigterm_drains() {
     .await
     .unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+/// An HTTP/2 (h2c) connection to `addr`.
+async fn h2c(
+    addr: std::net::SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    tx
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_is_local_and_no_backend_goes_down() {
+    let backend = spawn_backend("b1").await;
+    let (port, admin_port) = (free_port(), free_port());
+    let text = format!(
+        "[listen]\naddress = \"127.0.0.1:{port}\"\n[admin]\naddress = \"127.0.0.1:{admin_port}\"\n\
+         [health]\ninterval = \"200ms\"\nfall = 2\n\
+         [[backend]]\nname = \"b1\"\naddress = \"{}\"\n",
+        backend.addr
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, &text).unwrap();
+    let mut run = Running::start_with_open_files(&path, Some(300));
+    let line = run.wait_log("does not fit in the open files limit of 300");
+    assert!(line.contains("at most 43 client connections"), "{line}");
+    let proxy: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+
+    // 3 HTTP/2 connections × 200 streams to a slow endpoint: more backend
+    // connections than the process has descriptors.
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let tx = h2c(proxy).await;
+        for i in 0..200 {
+            let mut tx = tx.clone();
+            streams.push(tokio::spawn(async move {
+                let req = http::Request::get(format!("http://{proxy}/slow?ms=300"))
+                    .header("x-client-id", format!("k{i}"))
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .unwrap();
+                let resp = tokio::time::timeout(Duration::from_secs(20), async {
+                    tx.ready().await?;
+                    tx.send_request(req).await
+                })
+                .await
+                .expect("stream answered within 20 s");
+                resp.map(|r| r.status().as_u16()).unwrap_or(0)
+            }));
+        }
+    }
+    let mut statuses = std::collections::BTreeMap::new();
+    for s in streams {
+        *statuses.entry(s.await.unwrap()).or_insert(0) += 1;
+    }
+    assert!(statuses.get(&503).copied().unwrap_or(0) > 0, "{statuses:?}");
+    assert!(
+        statuses.keys().all(|s| [200, 503].contains(s)),
+        "{statuses:?}"
+    );
+    run.wait_log("this is the proxy's own limit");
+
+    // After the flood: the backend is healthy and serves at once.
+    let client = client();
+    let m = send(&client, get(admin, "/metrics", &[])).await.text();
+    assert_eq!(
+        metric(&m, "stickylb_backend_healthy{backend=\"b1\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "stickylb_upstream_errors_total{backend=\"b1\",kind=\"connect\"}"
+        ),
+        Some(0.0)
+    );
+    let r = send(&client, get(proxy, "/", &[("x-client-id", "after")])).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
 }

@@ -327,6 +327,33 @@ async fn keep_alive_race_on_every_reuse_is_answered_on_a_fresh_connection() {
 }
 
 #[tokio::test]
+async fn keep_alive_race_never_resends_a_non_idempotent_request_rfc9110_9_2_2() {
+    // A bodiless POST may still be an action: the race cannot be told
+    // apart from a backend that took it and died, so it is not resent.
+    let (backend, proxy) = behind_proxy(Arc::new(race_on_reuse), "").await;
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    let mut buf = Vec::new();
+    s.write_all(b"GET /first HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\n\r\n")
+        .await
+        .expect("write");
+    assert_eq!(
+        read_response(&mut s, &mut buf, false).await.status_line(),
+        "HTTP/1.1 200 OK"
+    );
+    s.write_all(b"POST /charge HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .expect("write");
+    let r = read_response(&mut s, &mut buf, false).await;
+    assert_eq!(r.status_line(), "HTTP/1.1 502 Bad Gateway");
+    let charges = backend
+        .requests()
+        .iter()
+        .filter(|r| r.line == "POST /charge HTTP/1.1")
+        .count();
+    assert_eq!(charges, 1, "the POST reached the backend once");
+}
+
+#[tokio::test]
 async fn keep_alive_race_never_sends_a_post_with_a_body_twice() {
     for answer in [
         Arc::new(close_silently) as Answer,
@@ -585,4 +612,98 @@ async fn raw_exchange_reads_until_close() {
     let (_backend, proxy) = behind_proxy(Arc::new(ok), "").await;
     let out = raw_exchange(proxy.addr, b"GARBAGE\r\n\r\n", Duration::from_secs(5)).await;
     assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 400"));
+}
+
+#[tokio::test]
+async fn a_get_body_reaches_the_backend_rfc9110_9_3_1() {
+    let (seen, _) = forwarded(
+        "GET /q HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(seen.body, b"abcd");
+    assert_eq!(seen.header("transfer-encoding"), ["chunked"]);
+}
+
+#[tokio::test]
+async fn upgrade_lists_lose_only_h2c() {
+    let (seen, _) = forwarded(
+        "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: h2c, websocket\r\nX-Client-Id: k\r\n\r\n",
+    )
+    .await;
+    assert_eq!(seen.header("upgrade"), ["websocket"]);
+    assert_eq!(seen.header("connection"), ["upgrade"]);
+}
+
+#[tokio::test]
+async fn empty_transfer_coding_elements_are_ignored_rfc9110_5_6_1() {
+    let (seen, _) = forwarded(
+        "POST /e HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(seen.body, b"ok");
+}
+
+#[tokio::test]
+async fn host_structure_is_checked_and_real_hosts_pass_rfc3986_3_2_2() {
+    let (backend, proxy) = behind_proxy(Arc::new(ok), "").await;
+    for host in [
+        "a:b:c", "[::1", "a:0x50", ":80", "a:123456", "a%zz", "[]", "a@b",
+    ] {
+        let r = exchange(
+            proxy.addr,
+            &format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(r.status_line(), "HTTP/1.1 400 Bad Request", "{host}");
+    }
+    assert_eq!(backend.accepted(), 0);
+    for host in [
+        "[::1]:8080",
+        "[2001:db8::1]",
+        "127.0.0.1:80",
+        "EXAMPLE.com",
+        "xn--bcher-kva.example",
+        "example.com.",
+        "a_b.example",
+        "example.com:",
+        "%E4%BE%8B.test",
+    ] {
+        let r = exchange(
+            proxy.addr,
+            &format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(r.status_line(), "HTTP/1.1 200 OK", "{host}");
+    }
+}
+
+#[tokio::test]
+async fn a_refusal_that_leaves_a_body_unread_says_close_rfc9112_9_6() {
+    let (_backend, proxy) = behind_proxy(Arc::new(ok), "").await;
+    let r = exchange(
+        proxy.addr,
+        "POST / HTTP/1.1\r\nHost: a,b\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await;
+    assert_eq!(r.status_line(), "HTTP/1.1 400 Bad Request");
+    assert!(r.has_header("connection", "close"), "{}", r.head);
+}
+
+#[tokio::test]
+async fn codings_beyond_chunked_reach_only_http11_clients() {
+    let (_backend, proxy) = behind_proxy(
+        fixed(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n4\r\nGZIP\r\n0\r\n\r\n",
+            false,
+        ),
+        "",
+    )
+    .await;
+    let r = exchange(proxy.addr, "GET / HTTP/1.0\r\nHost: a\r\n\r\n").await;
+    assert_eq!(r.status_line(), "HTTP/1.0 502 Bad Gateway");
+    let mut h2 = h2_connect(proxy.addr).await;
+    let req = http::Request::get("http://a/")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    assert_eq!(h2.send_request(req).await.expect("response").status(), 502);
 }
