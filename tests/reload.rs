@@ -418,3 +418,30 @@ async fn metrics_count_what_happened() {
     assert!(!m.contains(&format!("backend=\"{}\"", pool[3].name)), "{m}");
     assert_eq!(metric(&m, "stickylb_ring_generation"), Some(3.0));
 }
+
+#[tokio::test]
+async fn a_huge_duration_is_rejected_live_and_the_proxy_keeps_serving() {
+    let pool = spawn_backends(2).await;
+    let refs: Vec<_> = pool.iter().collect();
+    let good = config_text(&refs, "", "");
+    let mut dir = ConfigDir::new(&good);
+    let live = start_live(&dir.path()).await;
+    let client = client();
+    let before: Vec<String> = futures_all(&client, live.proxy.addr, 20).await;
+    for setting in ["idle", "client_header_read", "upgraded_idle", "upstream_idle"] {
+        dir.write(
+            &format!("[timeouts]\n{setting} = \"300000000000years\"\n{good}"),
+            Method::Rename,
+        );
+        let status = live.reloader.reload(true);
+        match status {
+            reload::Outcome::Failed(e) => {
+                assert!(e.contains(":2:"), "{e}");
+                assert!(e.contains("longer than the 1 year allowed"), "{e}");
+            }
+            other => panic!("{setting}: expected a rejected file, got {other:?}"),
+        }
+        // Connections still open and serve as before (no panic on a deadline).
+        assert_eq!(futures_all(&client, live.proxy.addr, 20).await, before);
+    }
+}
