@@ -203,21 +203,6 @@ async fn sighup_reloads_access_log_and_sigterm_drains() {
     assert_eq!(status.code(), Some(0));
 }
 
-/// An HTTP/2 (h2c) connection to `addr`.
-async fn h2c(
-    addr: std::net::SocketAddr,
-) -> hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (tx, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .expect("h2 handshake");
-    tokio::spawn(conn);
-    tx
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_file_descriptors_is_local_and_no_backend_goes_down() {
     let backend = spawn_backend("b1").await;
@@ -241,7 +226,7 @@ async fn out_of_file_descriptors_is_local_and_no_backend_goes_down() {
     // connections than the process has descriptors.
     let mut streams = Vec::new();
     for _ in 0..3 {
-        let tx = h2c(proxy).await;
+        let tx = h2_connect(proxy).await;
         for i in 0..200 {
             let mut tx = tx.clone();
             streams.push(tokio::spawn(async move {

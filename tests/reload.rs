@@ -428,7 +428,12 @@ async fn a_huge_duration_is_rejected_live_and_the_proxy_keeps_serving() {
     let live = start_live(&dir.path()).await;
     let client = client();
     let before: Vec<String> = futures_all(&client, live.proxy.addr, 20).await;
-    for setting in ["idle", "client_header_read", "upgraded_idle", "upstream_idle"] {
+    for setting in [
+        "idle",
+        "client_header_read",
+        "upgraded_idle",
+        "upstream_idle",
+    ] {
         dir.write(
             &format!("[timeouts]\n{setting} = \"300000000000years\"\n{good}"),
             Method::Rename,

@@ -237,21 +237,6 @@ async fn forwarded_for_lines_are_joined_in_order_then_the_peer() {
     );
 }
 
-/// An HTTP/2 (h2c, prior knowledge) connection to `addr`.
-async fn h2_connect(
-    addr: SocketAddr,
-) -> hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>> {
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let (tx, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .expect("h2 handshake");
-    tokio::spawn(conn);
-    tx
-}
-
 #[tokio::test]
 async fn http2_authority_becomes_host_and_cookies_are_joined_rfc9113_8_3_1_and_8_2_3() {
     use http_body_util::BodyExt;

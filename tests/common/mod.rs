@@ -408,6 +408,17 @@ pub fn h2_client() -> Client<HttpConnector, Full<Bytes>> {
         .build_http()
 }
 
+/// One HTTP/2 connection to `addr` (h2c, prior knowledge), for requests
+/// on streams of a connection the test controls.
+pub async fn h2_connect(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(conn);
+    tx
+}
+
 pub struct Reply {
     pub status: StatusCode,
     pub headers: HeaderMap,
