@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Resident memory of a running stickylb per idle client connection.
 
-Starts the release binary (build it first) on loopback with one built-in
-demo backend, opens N client connections that each complete one keep-alive
-request and then stay silent, and prints the proxy's RSS before and after
-and the difference per connection. Everything it starts is stopped by PID.
+Starts the release binary (build it first) on loopback in front of one
+`python3 -m http.server` backend, opens N client connections that each
+complete one keep-alive request (one after another, so the proxy needs a
+single backend connection) and then stay silent, and prints the proxy's
+RSS before and after and the difference per connection. Everything it
+starts is stopped by PID.
 
     python3 benches/idle_rss.py [N]      # default 10000
 """
@@ -44,7 +46,10 @@ def main():
             '[timeouts]\nclient_header_read = "10m"\nidle = "10m"\n'
             f'[[backend]]\nname = "b1"\naddress = "127.0.0.1:{backend}"\n'
         )
-    proc = subprocess.Popen([BIN, "--threads", "1", "--config", cfg, "demo"],
+    origin = subprocess.Popen([sys.executable, "-m", "http.server", str(backend),
+                               "--bind", "127.0.0.1", "--directory", tmp],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([BIN, "--threads", "1", "--config", cfg],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(200):  # at most 20 s for the listening line
@@ -53,25 +58,47 @@ def main():
                 break
         else:
             sys.exit("stickylb did not start")
-        request = b"GET / HTTP/1.1\r\nHost: a\r\nX-Client-Id: idle\r\n\r\n"
-        warm = socket.create_connection(("127.0.0.1", port))
-        warm.sendall(request)
-        warm.recv(4096)
-        warm.close()
-        time.sleep(0.5)
-        before = rss_kib(proc.pid)
-        conns = []
-        for i in range(N):
-            s = socket.create_connection(("127.0.0.1", port))
+        with open(os.path.join(tmp, "hello.txt"), "w") as f:
+            f.write("hello\n")
+        request = b"GET /hello.txt HTTP/1.1\r\nHost: a\r\nX-Client-Id: idle\r\n\r\n"
+
+        def exchange(s):
+            """One request on `s`; the response's status code."""
+            s.settimeout(10)
             s.sendall(request)
-            conns.append(s)
-        for s in conns:
             data = b""
             while b"\r\n\r\n" not in data:
                 chunk = s.recv(4096)
                 if not chunk:
                     sys.exit("connection closed early")
                 data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            while len(body) < length:
+                body += s.recv(4096)
+            return int(head.split(b" ")[1])
+
+        for _ in range(50):  # the origin may still be starting: at most 5 s
+            warm = socket.create_connection(("127.0.0.1", port))
+            status = exchange(warm)
+            warm.close()
+            if status == 200:
+                break
+            time.sleep(0.1)
+        else:
+            sys.exit("no 200 through the proxy")
+        time.sleep(0.5)
+        before = rss_kib(proc.pid)
+        conns = []
+        for i in range(N):
+            s = socket.create_connection(("127.0.0.1", port))
+            if exchange(s) != 200:
+                sys.exit(f"request {i} failed")
+            conns.append(s)
         time.sleep(1.0)
         after = rss_kib(proc.pid)
         print(f"connections: {N}")
@@ -80,12 +107,13 @@ def main():
         for s in conns:
             s.close()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        for p in (proc, origin):
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
 
 if __name__ == "__main__":
