@@ -486,15 +486,24 @@ fn health(at: &At<'_>, raw: RawHealth) -> Result<HealthConfig, ConfigError> {
                 )
             }),
     };
+    let interval = duration(
+        at,
+        &raw.interval,
+        "health.interval",
+        Duration::from_secs(2),
+        false,
+    )?;
+    // A probe per backend this often at most: shorter would only pin a core.
+    if interval < MIN_HEALTH_INTERVAL {
+        let span = raw.interval.as_ref().map_or(0..0, Spanned::span);
+        return Err(at(
+            span,
+            format!("health.interval must be at least {MIN_HEALTH_INTERVAL:?}"),
+        ));
+    }
     Ok(HealthConfig {
         path,
-        interval: duration(
-            at,
-            &raw.interval,
-            "health.interval",
-            Duration::from_secs(2),
-            false,
-        )?,
+        interval,
         timeout: duration(
             at,
             &raw.timeout,
@@ -866,9 +875,13 @@ fn timeouts(at: &At<'_>, raw: Option<RawTimeouts>) -> Result<Timeouts, ConfigErr
     })
 }
 
-/// The longest duration any setting takes: one year (365 days). Bounded so
-/// that no instant plus a configured duration can overflow.
-pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The shortest `health.interval`.
+pub const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The longest duration any setting takes: one year (365.25 days, as
+/// "1y" reads). Bounded so that no instant plus a configured duration can
+/// overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(31_557_600);
 
 /// A duration like "500ms", "2s" or "1m", at most `MAX_DURATION`; zero
 /// only where `zero_ok`.

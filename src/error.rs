@@ -187,6 +187,13 @@ impl ProxyError {
         )
     }
 
+    /// Whether the answer belongs in the chosen backend's own request count
+    /// and latency: its failures do, the client's faults and the proxy's
+    /// own limits do not.
+    pub fn counts_for_backend(self) -> bool {
+        self.upstream_kind().is_some()
+    }
+
     /// Client mistakes are routine; backend failures are worth a warning.
     pub fn log_level(self) -> tracing::Level {
         match self {

@@ -5,6 +5,7 @@
 //! out-of-memory abort.
 
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// The largest config file read: 1 MiB.
@@ -29,7 +30,22 @@ pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
             meta.len()
         ));
     }
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    // Opened without blocking (a FIFO swapped in after the look above
+    // would otherwise wait for a writer), then checked again by its
+    // descriptor: what is read is what was checked.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let opened = file
+        .metadata()
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if !opened.is_file() || opened.len() > max {
+        return Err(format!(
+            "cannot read {shown}: it changed into something else than a regular file of at most {max} bytes while being opened"
+        ));
+    }
     let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
     // One byte past the bound tells a file that grew while being read.
     file.take(max + 1)

@@ -82,14 +82,26 @@ impl Probe {
             };
             let result = tokio::time::timeout(settings.timeout, self.check(&settings.path))
                 .await
-                .unwrap_or_else(|_| Err(format!("no answer within {:?}", settings.timeout)));
+                .unwrap_or_else(|_| {
+                    Err(Failed::Backend(format!(
+                        "no answer within {:?}",
+                        settings.timeout
+                    )))
+                });
             let transition = match &result {
                 Ok(()) => self.health.success(settings.rise),
-                Err(_) => self.health.failure(settings.fall),
+                Err(Failed::Backend(_)) => self.health.failure(settings.fall),
+                // The proxy's own shortage says nothing of the backend.
+                Err(Failed::Local(e)) => {
+                    tracing::debug!(backend = &*self.name, "health check skipped: {e}");
+                    None
+                }
             };
             let why = match &result {
                 Ok(()) => format!("{} checks in a row passed", settings.rise),
-                Err(e) => format!("{} checks in a row failed, last: {e}", settings.fall),
+                Err(Failed::Backend(e) | Failed::Local(e)) => {
+                    format!("{} checks in a row failed, last: {e}", settings.fall)
+                }
             };
             if report(&self.name, &self.gauge, transition, &why).is_some() {
                 router.health_changed();
@@ -99,28 +111,43 @@ impl Probe {
     }
 
     /// One check: a new connection, `GET path`, a 2xx or 3xx answer.
-    async fn check(&self, path: &str) -> Result<(), String> {
-        let stream = TcpStream::connect(&*self.address)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
+    async fn check(&self, path: &str) -> Result<(), Failed> {
+        let stream = TcpStream::connect(&*self.address).await.map_err(|e| {
+            if crate::upstream::is_local(&e) {
+                Failed::Local(format!("connect: {e}"))
+            } else {
+                Failed::Backend(format!("connect: {e}"))
+            }
+        })?;
         let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| format!("handshake: {e}"))?;
+            .map_err(|e| Failed::Backend(format!("handshake: {e}")))?;
         let conn = tokio::spawn(conn);
         let req = Request::get(path)
             .header(header::HOST, &*self.address)
             .header(header::USER_AGENT, "stickylb-health")
             .header(header::CONNECTION, "close")
             .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("bad health path: {e}"))?;
+            .map_err(|e| Failed::Backend(format!("bad health path: {e}")))?;
         let result = tx.send_request(req).await;
         drop(tx);
         conn.abort();
-        let status = result.map_err(|e| format!("request: {e}"))?.status();
+        let status = result
+            .map_err(|e| Failed::Backend(format!("request: {e}")))?
+            .status();
         if status.is_success() || status.is_redirection() {
             Ok(())
         } else {
-            Err(format!("status {status}"))
+            Err(Failed::Backend(format!("status {status}")))
         }
     }
+}
+
+/// Why a check did not pass.
+enum Failed {
+    /// The backend refused, did not answer, or answered badly.
+    Backend(String),
+    /// The proxy could not even try (out of descriptors or ports): the
+    /// check counts neither way.
+    Local(String),
 }

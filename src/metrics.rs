@@ -43,6 +43,10 @@ pub struct Metrics {
     info: IntGaugeVec,
     pub rebuilds: IntCounter,
     pub reload_failures: IntCounter,
+    /// 1 while the file on disk is the one serving, 0 while a rejected one is.
+    pub last_reload_successful: IntGauge,
+    /// Unix time of the last successful (re)load, in seconds.
+    pub last_reload_success_time: Gauge,
     pub last_remap_fraction: Gauge,
     remapped: IntCounterVec,
     key_source: IntCounterVec,
@@ -152,6 +156,16 @@ impl Metrics {
             "Rejected config files (the old config kept serving).",
         ))
         .expect("valid metric");
+        let last_reload_successful = IntGauge::with_opts(opts(
+            "config_last_reload_successful",
+            "1 when the config file on disk is the one serving, 0 while a rejected file is on disk.",
+        ))
+        .expect("valid metric");
+        let last_reload_success_time = Gauge::with_opts(opts(
+            "config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful config (re)load.",
+        ))
+        .expect("valid metric");
         let last_remap_fraction = Gauge::with_opts(opts(
             "ring_last_remap_fraction",
             "Exact fraction of the keyspace whose owner changed at the last routing change.",
@@ -185,6 +199,8 @@ impl Metrics {
             Box::new(info.clone()),
             Box::new(rebuilds.clone()),
             Box::new(reload_failures.clone()),
+            Box::new(last_reload_successful.clone()),
+            Box::new(last_reload_success_time.clone()),
             Box::new(last_remap_fraction.clone()),
             Box::new(remapped.clone()),
             Box::new(key_source.clone()),
@@ -209,6 +225,8 @@ impl Metrics {
             info,
             rebuilds,
             reload_failures,
+            last_reload_successful,
+            last_reload_success_time,
             last_remap_fraction,
             remapped,
             key_source,

@@ -213,6 +213,7 @@ impl Proxy {
         };
         let result = self.forward(req, picked.in_flight, exchange).await;
         let path = path.as_ref().map_or("/", |p| p.path());
+        let mut backends_answer = true;
         let (mut resp, backend) = match result {
             Ok((resp, backend, _))
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_none() =>
@@ -261,6 +262,9 @@ impl Proxy {
                 if e.ends_connection() && client_version < http::Version::HTTP_2 {
                     close_connection(&mut resp);
                 }
+                // The client's fault or the proxy's own limit: the
+                // backend's request count and latency stay its own.
+                backends_answer = e.counts_for_backend();
                 (resp, backend)
             }
         };
@@ -268,11 +272,13 @@ impl Proxy {
             set_cookie(resp.headers_mut(), cookie, id, conn.scheme == "https");
         }
         let status = resp.status().as_u16();
-        backend.metrics.request(status);
-        backend
-            .metrics
-            .duration
-            .observe(start.elapsed().as_secs_f64());
+        if backends_answer {
+            backend.metrics.request(status);
+            backend
+                .metrics
+                .duration
+                .observe(start.elapsed().as_secs_f64());
+        }
         if log.access {
             let entry = Access {
                 client: conn.peer,
@@ -650,9 +656,27 @@ fn log_error(e: ProxyError, backend: Option<&Backend>, method: &http::Method, pa
     let cause = e.body().trim_end();
     if e.log_level() == tracing::Level::DEBUG {
         tracing::debug!(backend, %method, path, status, "{cause}");
-    } else {
+    } else if once_a_second(e) {
         tracing::warn!(backend, %method, path, status, "{cause}");
     }
+}
+
+/// Whether a warning for `e` may be logged now: at most one a second per
+/// kind of failure, so that an outage or a flood (every request failing
+/// alike) does not flood the log; `proxy_responses_total` counts them all.
+fn once_a_second(e: ProxyError) -> bool {
+    const KINDS: usize = 8;
+    static LAST: [AtomicU64; KINDS] = [const { AtomicU64::new(0) }; KINDS];
+    let slot = match e.status().as_u16() {
+        502 => 0,
+        503 => 1,
+        504 => 2,
+        _ => 3,
+    } + if e.upstream_kind().is_some() { 4 } else { 0 };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    LAST[slot % KINDS].swap(now, Ordering::Relaxed) != now
 }
 
 /// Says `Connection: close` on an HTTP/1 answer after which the

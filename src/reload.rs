@@ -13,7 +13,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -51,13 +51,17 @@ pub struct Reloader {
     path: PathBuf,
     router: Arc<Router>,
     metrics: Arc<Metrics>,
-    /// Addresses bound at start-up: changing them needs a restart.
-    listen: Option<SocketAddr>,
-    admin: SocketAddr,
+    /// The settings read once at start, as they were then (see `restart_only`).
+    restart_only: [(&'static str, String); 4],
     tls_listener: Option<SocketAddr>,
-    /// Hash of the file bytes (and certificate files) last applied, to skip
-    /// events that changed nothing.
+    /// Hash of the file bytes (and certificate files) last applied.
     applied: AtomicU64,
+    /// Hash of the inputs last looked at, applied or rejected: the same
+    /// inputs are never read, logged or counted twice (a rejected file is
+    /// reported once however long it stays on disk).
+    seen: AtomicU64,
+    /// Whether the last attempt was rejected (so the next success says so).
+    rejected: AtomicBool,
     /// The certificate files of the config last applied.
     tls_files: Mutex<Option<config::TlsFiles>>,
     /// Serialises reloads (watcher and SIGHUP); never touched by requests.
@@ -129,13 +133,14 @@ impl Reloader {
             last: Outcome::Unchanged,
         });
         Reloader {
-            path: path.to_path_buf(),
+            path: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
             router,
             metrics,
-            listen: Some(config.listen.address),
-            admin: config.admin.address,
+            restart_only: restart_only(config),
             tls_listener: config.listen.tls_listener(),
             applied: AtomicU64::new(applied),
+            seen: AtomicU64::new(applied),
+            rejected: AtomicBool::new(false),
             tls_files: Mutex::new(tls_files),
             busy: Mutex::new(()),
             status,
@@ -155,10 +160,19 @@ impl Reloader {
         match &outcome {
             Outcome::Failed(e) => {
                 self.metrics.reload_failures.inc();
+                self.metrics.last_reload_successful.set(0);
+                self.rejected.store(true, Ordering::Relaxed);
                 tracing::error!("config reload rejected, the current config keeps serving: {e}");
             }
             Outcome::Unchanged => return outcome,
-            Outcome::Applied { .. } => {}
+            Outcome::Applied { .. } => {
+                if self.rejected.swap(false, Ordering::Relaxed) {
+                    tracing::info!(
+                        "{}: the rejected config was replaced; the file on disk is serving again",
+                        self.path.display()
+                    );
+                }
+            }
         }
         self.status.send_modify(|s| {
             s.attempts += 1;
@@ -177,12 +191,11 @@ impl Reloader {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        if !force
-            && input_hash(&self.path, &text, applied_tls.as_ref())
-                == self.applied.load(Ordering::Relaxed)
-        {
+        let inputs = input_hash(&self.path, &text, applied_tls.as_ref());
+        if !force && inputs == self.seen.load(Ordering::Relaxed) {
             return Outcome::Unchanged;
         }
+        self.seen.store(inputs, Ordering::Relaxed);
         let origin = self.path.display().to_string();
         let config = match config::from_toml_str(&text, &origin) {
             Ok(c) => c,
@@ -206,25 +219,10 @@ impl Reloader {
             Ok(s) => s.with_tls(tls),
             Err(e) => return Outcome::Failed(format!("{origin}: {e}")),
         };
-        for (what, now, configured) in [
-            ("listen.address", self.listen, Some(config.listen.address)),
-            (
-                "admin.address",
-                Some(self.admin),
-                Some(config.admin.address),
-            ),
-            (
-                "the TLS listen address",
-                self.tls_listener,
-                config.listen.tls_listener(),
-            ),
-        ] {
-            if now != configured {
-                let show = |a: Option<SocketAddr>| a.map_or("none".to_string(), |a| a.to_string());
+        for ((what, now), (_, configured)) in self.restart_only.iter().zip(restart_only(&config)) {
+            if *now != configured {
                 tracing::warn!(
-                    "{what} changed from {} to {}: restart stickylb to apply it; the rest of the file is applied",
-                    show(now),
-                    show(configured)
+                    "{what} changed from {now} to {configured}: restart stickylb to apply it; the rest of the file is applied"
                 );
             }
         }
@@ -239,6 +237,7 @@ impl Reloader {
         publish(&self.metrics, &snap, Some((&old, moved)));
         self.router.store(snap);
         self.applied.store(hash, Ordering::Relaxed);
+        self.seen.store(inputs, Ordering::Relaxed);
         *self.tls_files.lock().unwrap_or_else(|p| p.into_inner()) = config.listen.tls.clone();
         if routing_changed {
             tracing::info!(
@@ -251,9 +250,36 @@ impl Reloader {
         Outcome::Applied { generation, moved }
     }
 
-    /// Watches the config file's directory and listens for SIGHUP until
-    /// `shutdown` resolves. Watching the directory, not the file, survives
-    /// editors that replace the file by rename and symlink swaps.
+    /// The files whose changes are changes of the config, and so the only
+    /// ones whose events start a reload: the config file, the symlink
+    /// chain leading to it, and the certificate and key it names (with
+    /// theirs), wherever they are.
+    fn watch_set(&self) -> WatchSet {
+        let mut files = Vec::new();
+        symlink_chain(&self.path, &mut files);
+        let tls = self
+            .tls_files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(tls) = tls {
+            let tls = tls::resolve(&tls, tls::base_dir(&self.path));
+            for f in [&tls.cert, &tls.key] {
+                symlink_chain(
+                    &std::path::absolute(f).unwrap_or_else(|_| f.clone()),
+                    &mut files,
+                );
+            }
+        }
+        WatchSet::new(files)
+    }
+
+    /// Watches the directories of the config's files (and their parents,
+    /// to see a directory removed and made again) and listens for SIGHUP
+    /// until `shutdown` resolves. Events on other files in those
+    /// directories are ignored. On Linux a file counts as changed when its
+    /// writer closes it (or it is renamed, created or removed), so a file
+    /// still being written is never read.
     ///
     /// The watch and the signal handler are in place when this returns, so
     /// a change made after it is never missed; the loop runs in a task.
@@ -262,36 +288,44 @@ impl Reloader {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> tokio::task::JoinHandle<()> {
         let (tx, rx) = mpsc::unbounded_channel::<()>();
-        let dir = match self.path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let watcher =
+        let set = self.watch_set();
+        let filter = Arc::new(Mutex::new(set.clone()));
+        let watcher = {
+            let filter = filter.clone();
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-                Ok(e) if matches!(e.kind, EventKind::Access(_)) => {}
-                // The receiver is gone only when the reloader stopped.
-                Ok(_) => drop(tx.send(())),
+                Ok(e) if !is_change(&e.kind) => {}
+                Ok(e) => {
+                    let set = filter.lock().unwrap_or_else(|p| p.into_inner());
+                    if e.paths.iter().any(|p| set.concerns(p)) {
+                        // The receiver is gone only when the reloader stopped.
+                        tx.send(()).ok();
+                    }
+                }
                 Err(e) => tracing::warn!("config watcher: {e}"),
-            });
-        let watcher = match watcher
-            .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w))
-        {
+            })
+        };
+        let watches = match watcher {
             Ok(w) => {
-                tracing::info!("watching {} for changes", dir.display());
-                Some(w)
+                let mut watches = Watches {
+                    watcher: w,
+                    dirs: Vec::new(),
+                };
+                watches.sync(&set);
+                Some(watches)
             }
             Err(e) => {
-                tracing::error!("cannot watch {}: {e}; reload with SIGHUP", dir.display());
+                tracing::error!("cannot watch the config files: {e}; reload with SIGHUP");
                 None
             }
         };
         let hangup = hangup_signal();
-        tokio::spawn(self.run(watcher, rx, hangup, shutdown))
+        tokio::spawn(self.run(watches, filter, rx, hangup, shutdown))
     }
 
     async fn run(
         self: Arc<Self>,
-        _watcher: Option<notify::RecommendedWatcher>,
+        mut watches: Option<Watches>,
+        filter: Arc<Mutex<WatchSet>>,
         mut rx: mpsc::UnboundedReceiver<()>,
         mut hangup: Hangup,
         shutdown: impl Future<Output = ()>,
@@ -315,6 +349,133 @@ impl Reloader {
             let me = self.clone();
             if let Err(e) = tokio::task::spawn_blocking(move || me.reload(force)).await {
                 tracing::error!("config reload task failed: {e}");
+            }
+            // The files may have moved (a symlink swapped, a directory made
+            // again, new certificate paths): watch what the config is now.
+            let set = self.watch_set();
+            if let Some(w) = watches.as_mut() {
+                w.sync(&set);
+            }
+            *filter.lock().unwrap_or_else(|p| p.into_inner()) = set;
+            // A change made while the watches were being renewed has no
+            // event: look once more (the same inputs are not read twice).
+            let me = self.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || me.reload(false)).await {
+                tracing::error!("config reload task failed: {e}");
+            }
+        }
+    }
+}
+
+/// The settings that only a restart applies (listeners are bound, and
+/// connection slots sized, once), in one place: a reload that changes one
+/// says so and applies the rest. Adding or removing TLS is refused outright.
+fn restart_only(config: &Config) -> [(&'static str, String); 4] {
+    let show = |a: Option<SocketAddr>| a.map_or("none".to_string(), |a| a.to_string());
+    [
+        ("listen.address", config.listen.address.to_string()),
+        ("listen.tls_address", show(config.listen.tls_listener())),
+        ("admin.address", config.admin.address.to_string()),
+        (
+            "limits.max_connections",
+            config.limits.max_connections.to_string(),
+        ),
+    ]
+}
+
+/// Whether a file event can be a finished change. On Linux a write counts
+/// when the writer closes the file, never while it writes.
+fn is_change(kind: &EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, ModifyKind};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Modify(ModifyKind::Data(_)) => !cfg!(target_os = "linux"),
+        _ => true,
+    }
+}
+
+/// Adds `path` and the symlink chain it leads through: each link, and for
+/// a relative target the entry it starts with (Kubernetes' `..data`),
+/// whose swap changes what the path reads. At most 16 links.
+fn symlink_chain(path: &Path, out: &mut Vec<PathBuf>) {
+    let mut p = path.to_path_buf();
+    for _ in 0..16 {
+        out.push(p.clone());
+        let Ok(target) = std::fs::read_link(&p) else {
+            return;
+        };
+        let dir = p
+            .parent()
+            .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
+        if target.is_relative() {
+            if let Some(first) = target.components().next() {
+                out.push(dir.join(first));
+            }
+        }
+        p = dir.join(target);
+    }
+}
+
+/// The config's files, and the directories holding them.
+#[derive(Debug, Clone, Default)]
+struct WatchSet {
+    files: Vec<PathBuf>,
+    /// Each file's directory, and that directory's parent (where its own
+    /// removal and return show).
+    dirs: Vec<PathBuf>,
+}
+
+impl WatchSet {
+    fn new(mut files: Vec<PathBuf>) -> Self {
+        files.sort();
+        files.dedup();
+        let mut dirs: Vec<PathBuf> = files
+            .iter()
+            .filter_map(|f| f.parent())
+            .flat_map(|d| [Some(d), d.parent()])
+            .flatten()
+            .map(Path::to_path_buf)
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        WatchSet { files, dirs }
+    }
+
+    /// Whether an event on `path` concerns the config: one of its files,
+    /// or a directory of theirs appearing or going.
+    fn concerns(&self, path: &Path) -> bool {
+        self.files
+            .iter()
+            .any(|f| f == path || f.parent() == Some(path))
+    }
+}
+
+/// The live notify watches, one per directory of a `WatchSet`.
+struct Watches {
+    watcher: notify::RecommendedWatcher,
+    dirs: Vec<PathBuf>,
+}
+
+impl Watches {
+    /// Watches exactly the directories of `set` that exist now (watching
+    /// again those that may have been replaced); says when one is lost.
+    fn sync(&mut self, set: &WatchSet) {
+        for d in std::mem::take(&mut self.dirs) {
+            // Gone with its directory already, or replaced: watched anew below.
+            let _ = self.watcher.unwatch(&d);
+        }
+        for d in &set.dirs {
+            match self.watcher.watch(d, RecursiveMode::NonRecursive) {
+                Ok(()) => self.dirs.push(d.clone()),
+                Err(e) => {
+                    if set.files.iter().any(|f| f.parent() == Some(d.as_path())) {
+                        tracing::warn!(
+                            "cannot watch {}: {e}; watching resumes when it is back (or send SIGHUP)",
+                            d.display()
+                        );
+                    }
+                }
             }
         }
     }
@@ -385,6 +546,11 @@ fn publish(metrics: &Metrics, snap: &Snapshot, previous: Option<(&Snapshot, f64)
     for (b, share) in snap.backends.iter().zip(snap.ring.shares()) {
         b.metrics.share.set(share);
     }
+    metrics.last_reload_successful.set(1);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    metrics
+        .last_reload_success_time
+        .set(now.map_or(0.0, |d| d.as_secs_f64()));
     metrics.set_ring(
         snap.generation,
         snap.ring.algorithm().name(),

@@ -78,7 +78,7 @@ impl std::fmt::Display for ConnectError {
 
 /// Whether a connect error is the proxy's own shortage (RFC-free: the OS
 /// said so): out of file descriptors, of local ports, of buffer memory.
-fn is_local(e: &std::io::Error) -> bool {
+pub(crate) fn is_local(e: &std::io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
@@ -108,10 +108,10 @@ pub struct Pool {
     /// Idle connections, most recently used last. A mutex held for a push
     /// or a pop only; never across an await.
     idle: Mutex<IdleList>,
-    /// One permit per connection, pooled or in use
+    /// One permit per connection, pooled, in use or upgraded
     /// (`limits.max_backend_connections`); a semaphore so that a request
     /// at the cap waits without spinning. A connection's permit lives in
-    /// its task and comes back when the connection closes.
+    /// its socket wrapper and comes back when the socket closes.
     slots: Arc<Semaphore>,
     max_connections: usize,
     /// Requests waiting at the cap, told when a connection comes back idle.
@@ -264,7 +264,10 @@ impl Pool {
         let bytes_read = Arc::new(AtomicU64::new(0));
         let io = Tracked {
             inner: stream,
-            watch: BytesRead(bytes_read.clone()),
+            watch: BytesRead {
+                count: bytes_read.clone(),
+                _slot: permit,
+            },
         };
         let (tx, conn) = http1::Builder::new()
             .handshake(TokioIo::new(io))
@@ -275,8 +278,6 @@ impl Pool {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(address = &*address, "upstream connection: {e}");
             }
-            // The connection is closed: its place under the cap is free.
-            drop(permit);
         });
         Ok(Conn {
             tx,
@@ -474,11 +475,18 @@ impl Body for UpstreamBody {
 /// Counts the bytes read from a backend connection (one relaxed atomic
 /// add per read), so a failure can be placed before or after the first
 /// byte of a response.
-struct BytesRead(Arc<AtomicU64>);
+///
+/// It also holds the connection's place under the backend's cap, so the
+/// place is free exactly when the socket is closed: after the last
+/// response, or after the tunnel of an upgraded (WebSocket) connection.
+struct BytesRead {
+    count: Arc<AtomicU64>,
+    _slot: OwnedSemaphorePermit,
+}
 
 impl Watch for BytesRead {
     fn read(&self, n: usize) {
-        self.0.fetch_add(n as u64, Ordering::Relaxed);
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     fn written(&self, _: usize) {}

@@ -450,3 +450,121 @@ async fn a_huge_duration_is_rejected_live_and_the_proxy_keeps_serving() {
         assert_eq!(futures_all(&client, live.proxy.addr, 20).await, before);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_files_in_the_directory_trigger_nothing_and_a_rejection_is_told_once() {
+    let pool = spawn_backends(2).await;
+    let refs: Vec<_> = pool.iter().collect();
+    let good = config_text(&refs, "", "");
+    let mut dir = ConfigDir::new(&good);
+    let mut live = start_live(&dir.path()).await;
+    dir.write(
+        &format!("{good}\n[[backend]]\nname = \"x\"\nweight = 0\n"),
+        Method::InPlace,
+    );
+    let status = live.wait_for_attempts(1).await;
+    assert!(
+        matches!(status.last, reload::Outcome::Failed(_)),
+        "{status:?}"
+    );
+    // A log file next to the config, written 30 times (as the proxy's own
+    // log would be on every error line), and other files touched.
+    let log = dir.dir.path().join("stickylb.log");
+    for i in 0..30 {
+        std::fs::write(&log, format!("line {i}\n")).expect("log");
+        std::fs::write(dir.dir.path().join(format!("other-{i}")), "x").expect("other");
+    }
+    // The fix is the next attempt: nothing in between was one.
+    dir.write(&format!("# fixed\n{good}"), Method::Rename);
+    let status = live.wait_for_attempts(2).await;
+    assert!(
+        matches!(status.last, reload::Outcome::Applied { .. }),
+        "{status:?}"
+    );
+    assert_eq!(status.attempts, 2);
+    let m = live.metrics_text().await;
+    assert_eq!(
+        metric(&m, "stickylb_config_reload_failures_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&m, "stickylb_config_last_reload_successful"),
+        Some(1.0)
+    );
+    assert!(
+        metric(&m, "stickylb_config_last_reload_success_timestamp_seconds").unwrap_or(0.0) > 1.7e9
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_still_being_written_is_never_applied() {
+    use std::io::Write;
+    let pool = spawn_backends(4).await;
+    let refs: Vec<_> = pool.iter().collect();
+    let first = config_text(&refs[..1], "", "");
+    let full = config_text(&refs, "", "");
+    let dir = ConfigDir::new(&config_text(&refs[..2], "", ""));
+    let mut live = start_live(&dir.path()).await;
+    let half = fingerprint(&first);
+    // A writer that keeps the file open and pauses after a valid first part.
+    let mut f = std::fs::File::create(dir.path()).expect("open for writing");
+    f.write_all(first.as_bytes()).expect("first part");
+    f.flush().expect("flush");
+    let pause = std::time::Instant::now() + Duration::from_millis(150);
+    while std::time::Instant::now() < pause {
+        assert_ne!(
+            live.proxy.router.load().ring.fingerprint(),
+            half,
+            "half a file applied"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    f.write_all(&full.as_bytes()[first.len()..])
+        .expect("the rest");
+    drop(f);
+    live.wait_for_ring(fingerprint(&full)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_reached_through_a_symlink_into_another_directory_reloads() {
+    let pool = spawn_backends(3).await;
+    let refs: Vec<_> = pool.iter().collect();
+    let target_dir = tempfile::tempdir().expect("tempdir");
+    let target = target_dir.path().join("lb.toml");
+    std::fs::write(&target, config_text(&refs[..1], "", "")).expect("write");
+    let link_dir = tempfile::tempdir().expect("tempdir");
+    let link = link_dir.path().join("config.toml");
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    let mut live = start_live(&link).await;
+    // Edited in place...
+    let two = config_text(&refs[..2], "", "");
+    std::fs::write(&target, &two).expect("edit in place");
+    live.wait_for_ring(fingerprint(&two)).await;
+    // ...and by rename, as editors save.
+    let three = config_text(&refs, "", "");
+    let tmp = target_dir.path().join(".lb.toml.swp");
+    std::fs::write(&tmp, &three).expect("write temp");
+    std::fs::rename(&tmp, &target).expect("rename");
+    live.wait_for_ring(fingerprint(&three)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watching_resumes_when_the_directory_is_removed_and_made_again() {
+    let pool = spawn_backends(3).await;
+    let refs: Vec<_> = pool.iter().collect();
+    let root = tempfile::tempdir().expect("tempdir");
+    let conf = root.path().join("conf");
+    std::fs::create_dir(&conf).expect("mkdir");
+    let path = conf.join("config.toml");
+    std::fs::write(&path, config_text(&refs[..1], "", "")).expect("write");
+    let mut live = start_live(&path).await;
+    std::fs::remove_dir_all(&conf).expect("remove the directory");
+    std::fs::create_dir(&conf).expect("make it again");
+    let two = config_text(&refs[..2], "", "");
+    std::fs::write(&path, &two).expect("write");
+    live.wait_for_ring(fingerprint(&two)).await;
+    // And later edits in the new directory are seen too.
+    let three = config_text(&refs, "", "");
+    std::fs::write(&path, &three).expect("write");
+    live.wait_for_ring(fingerprint(&three)).await;
+}

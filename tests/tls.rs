@@ -247,3 +247,26 @@ async fn rapid_reset_flood_does_not_take_the_proxy_down() {
         assert_eq!(r.backend(), t.owner("after"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_renewed_in_its_own_directory_is_picked_up_without_sighup() {
+    let t = start_tls("").await;
+    let mut status = t.reloader.subscribe();
+    t.reloader.clone().start(std::future::pending());
+    let (_, first) = https_connect(t.proxy.addr, &t.ca.der, &[b"h2"]).await;
+    let renewed = t.ca.leaf();
+    renewed.write(&t.tls_dir());
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        status.wait_for(|s| matches!(s.last, Outcome::Applied { .. })),
+    )
+    .await
+    .expect("the renewal is applied within 10 s")
+    .expect("reloader alive");
+    let (_, presented) = https_connect(t.proxy.addr, &t.ca.der, &[b"h2"]).await;
+    assert_ne!(presented, first);
+    assert_eq!(
+        presented, renewed.leaf,
+        "new connections get the renewed certificate"
+    );
+}
