@@ -588,16 +588,24 @@ async fn tunnel_bytes(
         }
     };
     let activity = Arc::new(Activity::new());
-    let mut client = Tracked {
+    let client = Tracked {
         inner: hyper_util::rt::TokioIo::new(client),
         watch: activity.clone(),
     };
-    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+    let upstream = hyper_util::rt::TokioIo::new(upstream);
+    let (mut client_in, mut client_out) = tokio::io::split(client);
+    let (mut upstream_in, mut upstream_out) = tokio::io::split(upstream);
+    // The tunnel ends when either side has said all it will (its end of
+    // stream, copied on and flushed), or on an error, or when idle: both
+    // connections then close, so a backend that hung up never keeps its
+    // place under the connection cap for a client that lingers.
     tokio::select! {
-        res = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match res {
-            Ok((up, down)) => tracing::debug!(backend = &*backend, up, down, "upgraded connection closed"),
-            Err(e) => tracing::debug!(backend = &*backend, "upgraded connection ended: {e}"),
-        },
+        res = tokio::io::copy(&mut client_in, &mut upstream_out) => {
+            tracing::debug!(backend = &*backend, "upgraded connection: the client ended it ({res:?} bytes)");
+        }
+        res = tokio::io::copy(&mut upstream_in, &mut client_out) => {
+            tracing::debug!(backend = &*backend, "upgraded connection: the backend ended it ({res:?} bytes)");
+        }
         () = idle::until_idle(&activity, idle) => {
             tracing::debug!(backend = &*backend, "closing upgraded connection idle for {idle:?}");
         }

@@ -156,4 +156,12 @@ async fn at_the_backend_connection_cap_a_request_waits_then_gets_503_backend_bus
         metric(&m, "stickylb_backend_healthy{backend=\"capped\"}"),
         Some(1.0)
     );
+    assert_eq!(
+        metric(
+            &m,
+            "stickylb_requests_total{backend=\"capped\",code_class=\"5xx\"}"
+        ),
+        Some(0.0),
+        "the proxy's own 503s are not the backend's"
+    );
 }

@@ -174,3 +174,54 @@ async fn idle_upgraded_connection_is_closed() {
         start.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgraded_connections_hold_their_place_under_the_backend_cap() {
+    let backend = spawn_ws_backend("ws-1").await;
+    let proxy = spawn_proxy(&ws_config_text(
+        std::slice::from_ref(&backend),
+        "",
+        "[limits]\nmax_backend_connections = 2\n[timeouts]\nconnect = \"200ms\"",
+    ))
+    .await;
+    let (mut a, _) = ws_connect(proxy.addr, "a").await;
+    let (mut b, _) = ws_connect(proxy.addr, "b").await;
+    // Two tunnels open: no third connection to the backend.
+    let client = client();
+    let r = send(&client, get(proxy.addr, "/", &[("x-client-id", "c")])).await;
+    assert_eq!(
+        r.status,
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        r.text()
+    );
+    assert!(r
+        .text()
+        .contains("every connection to the backend is in use"));
+    exchange(&mut a, 1).await;
+    // A tunnel closes: its place is free again.
+    b.close(None).await.expect("close");
+    while let Some(Ok(_)) = b.next().await {}
+    drop(b);
+    let (mut c, _) = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let tcp = tokio::net::TcpStream::connect(proxy.addr)
+                .await
+                .expect("connect");
+            let mut req = format!("ws://{}/chat", proxy.addr)
+                .into_client_request()
+                .expect("ws request");
+            req.headers_mut()
+                .insert("x-client-id", "c".parse().expect("value"));
+            if let Ok((mut ws, resp)) = tokio_tungstenite::client_async(req, tcp).await {
+                if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                    let first = next_text(&mut ws).await;
+                    return (ws, first);
+                }
+            }
+        }
+    })
+    .await
+    .expect("a place frees once a tunnel closes");
+    exchange(&mut c, 1).await;
+}
