@@ -74,6 +74,9 @@ pub struct Listen {
     pub tls: Option<TlsFiles>,
     /// A second listener for TLS beside the plain one on `address`.
     pub tls_address: Option<SocketAddr>,
+    /// Where `listen.tls`'s `cert` and `key` are written (line, column),
+    /// so an error in those files points at the setting that names them.
+    pub tls_at: Option<[(usize, usize); 2]>,
 }
 
 /// `listen.tls`: PEM files, as written (a relative path is relative to the
@@ -336,6 +339,14 @@ pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
     let listen = match raw.listen {
         Some(l) => {
             let address = socket_addr(&at, l.address.as_ref(), "127.0.0.1:8080")?;
+            let tls_at = l.tls.as_ref().map(|t| {
+                let t = t.get_ref();
+                let pos = |v: &Spanned<String>| {
+                    let e = at(v.span(), String::new());
+                    (e.line, e.column)
+                };
+                [pos(&t.cert), pos(&t.key)]
+            });
             let tls = l.tls.map(|t| tls_files(&at, t)).transpose()?;
             let tls_address = match &l.tls_address {
                 None => None,
@@ -360,12 +371,14 @@ pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
                 address,
                 tls,
                 tls_address,
+                tls_at,
             }
         }
         None => Listen {
             address: SocketAddr::from(([127, 0, 0, 1], 8080)),
             tls: None,
             tls_address: None,
+            tls_at: None,
         },
     };
     let admin = Admin {

@@ -96,7 +96,23 @@ pub fn load_tls(
         .listen
         .tls
         .as_ref()
-        .map(|files| tls::load(&tls::resolve(files, tls::base_dir(config_path))))
+        .map(|files| {
+            tls::load_which(&tls::resolve(files, tls::base_dir(config_path))).map_err(
+                |(which, e)| {
+                    // Placed at the setting that names the file.
+                    let at = config.listen.tls_at.map(|[cert, key]| match which {
+                        tls::Which::Cert => cert,
+                        tls::Which::Key => key,
+                    });
+                    match at {
+                        Some((line, column)) => {
+                            format!("{}:{line}:{column}: {e}", config_path.display())
+                        }
+                        None => e,
+                    }
+                },
+            )
+        })
         .transpose()
 }
 

@@ -35,23 +35,36 @@ pub fn base_dir(config_path: &Path) -> &Path {
     }
 }
 
+/// Which of the two files an error is about (the pair: both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    Cert,
+    Key,
+}
+
 /// Reads the certificate chain and key (paths already resolved) and builds
 /// the server config.
 pub fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, String> {
-    let certs = read_certs(&files.cert)?;
-    let key = read_key(&files.key)?;
+    load_which(files).map_err(|(_, e)| e)
+}
+
+/// As `load`, also saying which file an error is about.
+pub fn load_which(files: &TlsFiles) -> Result<Arc<ServerConfig>, (Which, String)> {
+    let certs = read_certs(&files.cert).map_err(|e| (Which::Cert, e))?;
+    let key = read_key(&files.key).map_err(|e| (Which::Key, e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| format!("TLS setup: {e}"))?
+        .map_err(|e| (Which::Cert, format!("TLS setup: {e}")))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| {
-            format!(
+            let both = format!(
                 "{} and {}: not a usable certificate and key: {e}",
                 files.cert.display(),
                 files.key.display()
-            )
+            );
+            (Which::Key, both)
         })?;
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))

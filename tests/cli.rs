@@ -127,6 +127,11 @@ fn check_errors_name_the_line() {
         ),
         (format!("{b}weight = \"heavy\"\n"), 4, "invalid type"),
         (
+            format!("[listen]\ntls = {{ cert = \"/nonexistent/c.pem\", key = \"/nonexistent/k.pem\" }}\n{b}"),
+            2,
+            "TLS certificate file: cannot read /nonexistent/c.pem",
+        ),
+        (
             format!("[timeouts]\nidle = \"300000000000years\"\n{b}"),
             2,
             "longer than the 1 year allowed",
