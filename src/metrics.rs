@@ -28,6 +28,23 @@ pub const KEY_SOURCES: [&str; 7] = [
     "generated",
     "rejected",
 ];
+/// `cause` label values of `proxy_responses_total`: the answers the proxy
+/// makes itself (SPEC's closed list, and `not_implemented` for a request
+/// transfer coding it cannot forward).
+pub const PROXY_RESPONSE_CAUSES: [&str; 12] = [
+    "missing_key",
+    "bad_request",
+    "header_too_large",
+    "client_timeout",
+    "method",
+    "not_implemented",
+    "no_backend",
+    "backend_busy",
+    "local_resources",
+    "connect",
+    "protocol",
+    "timeout",
+];
 /// `reason` label values of `remapped_requests_total`.
 pub const REMAP_REASONS: [&str; 3] = ["ring_change", "failover", "overload"];
 
@@ -50,6 +67,7 @@ pub struct Metrics {
     pub last_remap_fraction: Gauge,
     remapped: IntCounterVec,
     key_source: IntCounterVec,
+    proxy_responses: IntCounterVec,
 }
 
 /// One backend's metric children, resolved at rebuild.
@@ -188,8 +206,17 @@ impl Metrics {
         )
         .expect("valid metric");
 
+        let proxy_responses = IntCounterVec::new(
+            opts(
+                "proxy_responses_total",
+                "Responses the proxy made itself, by cause.",
+            ),
+            &["cause"],
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(proxy_responses.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(requests.clone()),
             Box::new(duration.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(healthy.clone()),
@@ -213,6 +240,9 @@ impl Metrics {
         for r in REMAP_REASONS {
             remapped.with_label_values(&[r]);
         }
+        for c in PROXY_RESPONSE_CAUSES {
+            proxy_responses.with_label_values(&[c]);
+        }
         Metrics {
             registry,
             requests,
@@ -230,6 +260,7 @@ impl Metrics {
             last_remap_fraction,
             remapped,
             key_source,
+            proxy_responses,
         }
     }
 
@@ -266,6 +297,11 @@ impl Metrics {
     /// The `key_source_total` child for a label of `KEY_SOURCES`.
     pub fn key_source(&self, source: &str) -> IntCounter {
         self.key_source.with_label_values(&[source])
+    }
+
+    /// The `proxy_responses_total` child for a label of `PROXY_RESPONSE_CAUSES`.
+    pub fn proxy_response(&self, cause: &str) -> IntCounter {
+        self.proxy_responses.with_label_values(&[cause])
     }
 
     /// The `remapped_requests_total` child for a label of `REMAP_REASONS`.

@@ -10,7 +10,7 @@ use crate::config::{Log, LogFormat};
 use crate::error::{ProxyError, UpstreamErrorKind};
 use crate::idle::{self, Activity, Tracked};
 use crate::key::{GeneratedId, Key, KeyKind, NoKey};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PROXY_RESPONSE_CAUSES};
 use crate::router::{Reason, Router};
 use crate::upstream::{Conn, ConnectError, SendError, UpstreamBody};
 use crate::wire;
@@ -80,6 +80,8 @@ pub struct Proxy {
     ring_change: IntCounter,
     failover: IntCounter,
     overload: IntCounter,
+    /// `proxy_responses_total` children, in `PROXY_RESPONSE_CAUSES` order.
+    proxy_responses: [IntCounter; PROXY_RESPONSE_CAUSES.len()],
 }
 
 /// What the pick phase decided, carried to the later phases.
@@ -128,7 +130,9 @@ impl Body for Streamed {
 impl Proxy {
     pub fn new(router: Arc<Router>, metrics: Arc<Metrics>) -> Self {
         let key_sources = KeyKind::ALL.map(|k| metrics.key_source(k.as_str()));
+        let proxy_responses = PROXY_RESPONSE_CAUSES.map(|c| metrics.proxy_response(c));
         Proxy {
+            proxy_responses,
             key_rejected: metrics.key_source("rejected"),
             ring_change: metrics.remapped("ring_change"),
             failover: metrics.remapped("failover"),
@@ -168,7 +172,7 @@ impl Proxy {
             Ok(picked) => picked,
             Err(e) => {
                 log_error(e, None, &parts.method, parts.uri.path());
-                let mut resp = error_response(e);
+                let mut resp = self.answer(e);
                 if !body.is_end_stream() && parts.version < http::Version::HTTP_2 {
                     // The body is not read: the connection cannot go on.
                     close_connection(&mut resp);
@@ -221,7 +225,7 @@ impl Proxy {
                 let e = ProxyError::UnaskedUpgrade;
                 self.upstream_failed(&backend, e);
                 log_error(e, Some(&backend), &method, path);
-                (error_response(e), backend)
+                (self.answer(e), backend)
             }
             Ok((resp, backend, _))
                 if client_version != http::Version::HTTP_11
@@ -229,7 +233,7 @@ impl Proxy {
             {
                 let e = ProxyError::Coding;
                 log_error(e, Some(&backend), &method, path);
-                (error_response(e), backend)
+                (self.answer(e), backend)
             }
             Ok((mut resp, backend, in_flight)) => {
                 let mut protocol = None;
@@ -258,7 +262,7 @@ impl Proxy {
             }
             Err((e, backend)) => {
                 log_error(e, Some(&backend), &method, path);
-                let mut resp = error_response(e);
+                let mut resp = self.answer(e);
                 if e.ends_connection() && client_version < http::Version::HTTP_2 {
                     close_connection(&mut resp);
                 }
@@ -292,6 +296,15 @@ impl Proxy {
             entry.write(log.format);
         }
         resp
+    }
+
+    /// The proxy's own answer for `e`, counted by cause.
+    fn answer(&self, e: ProxyError) -> Response<ProxyBody> {
+        let cause = e.cause();
+        if let Some(i) = PROXY_RESPONSE_CAUSES.iter().position(|c| *c == cause) {
+            self.proxy_responses[i].inc();
+        }
+        error_response(e)
     }
 
     /// Phases key + pick: the request's key, hashed, looked up in the live

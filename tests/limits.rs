@@ -164,4 +164,8 @@ async fn at_the_backend_connection_cap_a_request_waits_then_gets_503_backend_bus
         Some(0.0),
         "the proxy's own 503s are not the backend's"
     );
+    assert_eq!(
+        metric(&m, "stickylb_proxy_responses_total{cause=\"backend_busy\"}"),
+        Some(4.0)
+    );
 }

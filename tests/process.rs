@@ -285,6 +285,11 @@ async fn out_of_file_descriptors_is_local_and_no_backend_goes_down() {
         ),
         Some(0.0)
     );
+    let local = metric(
+        &m,
+        "stickylb_proxy_responses_total{cause=\"local_resources\"}",
+    );
+    assert_eq!(local, statuses.get(&503).map(|n| f64::from(*n)), "{m}");
     let r = send(&client, get(proxy, "/", &[("x-client-id", "after")])).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
 }
