@@ -8,7 +8,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::hint::black_box;
 use std::time::Duration;
 use stickylb::config::from_toml_str;
-use stickylb::router::ring_of;
+use stickylb::routing::snapshot::ring_of;
 
 /// A config text with `n` backends, each at its own address.
 fn pool_text(n: usize) -> String {

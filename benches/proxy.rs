@@ -25,11 +25,11 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stickylb::config::{self, TlsFiles};
-use stickylb::metrics::Metrics;
-use stickylb::proxy::Proxy;
+use stickylb::http::proxy::Proxy;
+use stickylb::http::server::Transport;
+use stickylb::observe::metrics::Metrics;
 use stickylb::ring::{Algorithm, Member, Ring};
-use stickylb::router::{Router, Snapshot};
-use stickylb::server::Transport;
+use stickylb::routing::snapshot::{Router, Snapshot};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -158,7 +158,7 @@ async fn spawn_proxy(
     let config = config::from_toml_str(&text, "bench.toml").expect("valid config");
     let metrics = Arc::new(Metrics::new());
     let (ca, files) = write_certificate(dir);
-    let tls = stickylb::tls::load(&files).expect("TLS config");
+    let tls = stickylb::http::tls::load(&files).expect("TLS config");
     let snap = Snapshot::build(&config, None, &metrics)
         .expect("snapshot")
         .with_tls(Some(tls));
@@ -170,7 +170,7 @@ async fn spawn_proxy(
         addrs.push(listener.local_addr().expect("proxy addr"));
         let proxy = proxy.clone();
         tokio::spawn(async move {
-            stickylb::server::run_with(listener, proxy, transport, std::future::pending())
+            stickylb::http::server::run_with(listener, proxy, transport, std::future::pending())
                 .await
                 .expect("server runs");
         });

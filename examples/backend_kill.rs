@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use stickylb::config;
-use stickylb::metrics::Metrics;
-use stickylb::proxy::Proxy;
-use stickylb::router::{Router, Snapshot};
+use stickylb::http::proxy::Proxy;
+use stickylb::observe::metrics::Metrics;
+use stickylb::routing::snapshot::{Router, Snapshot};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -92,7 +92,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cfg = config::from_toml_str(&text, "kill.toml")?;
     let metrics = Arc::new(Metrics::new());
     let router = Arc::new(Router::new(Snapshot::build(&cfg, None, &metrics)?));
-    tokio::spawn(stickylb::health::run(
+    tokio::spawn(stickylb::control::health::run(
         router.clone(),
         std::future::pending(),
     ));
@@ -100,7 +100,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = listener.local_addr()?;
     let snap = router.load_full();
     let proxy = Arc::new(Proxy::new(router.clone(), metrics.clone()));
-    tokio::spawn(stickylb::server::run(
+    tokio::spawn(stickylb::http::server::run(
         listener,
         proxy,
         std::future::pending(),

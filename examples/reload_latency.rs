@@ -11,10 +11,10 @@ use hyper_util::rt::TokioExecutor;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stickylb::config;
-use stickylb::metrics::Metrics;
-use stickylb::proxy::Proxy;
-use stickylb::reload::{self, Reloader};
-use stickylb::router::{ring_of, Router};
+use stickylb::control::reload::{self, Reloader};
+use stickylb::http::proxy::Proxy;
+use stickylb::observe::metrics::Metrics;
+use stickylb::routing::snapshot::{ring_of, Router};
 use tokio::net::TcpListener;
 
 const RELOADS: usize = 50;
@@ -45,7 +45,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let l = TcpListener::bind("127.0.0.1:0").await?;
         let name = format!("backend-{i}");
         pool.push((name.clone(), l.local_addr()?));
-        tokio::spawn(stickylb::demo::serve_echo(l, name.into()));
+        tokio::spawn(stickylb::tools::demo::serve_echo(l, name.into()));
     }
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -62,7 +62,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let reloader = Arc::new(Reloader::new(&path, &cfg, router.clone(), metrics.clone()));
     reloader.start(std::future::pending());
     let proxy = Arc::new(Proxy::new(router, metrics));
-    tokio::spawn(stickylb::server::run(
+    tokio::spawn(stickylb::http::server::run(
         listener,
         proxy,
         std::future::pending(),

@@ -1,57 +1,45 @@
 //! stickylb: a reverse-proxy HTTP load balancer with sticky consistent hashing.
 //!
-//! Layout, from the bottom up:
+//! Layout, from the bottom up (dependencies point down):
 //! - `ring`: consistent hashing as pure values (owner, preference order,
 //!   shares, exact remap fraction) with three algorithms: ketama-style ring,
 //!   Maglev, rendezvous. No HTTP, no TOML.
 //! - `config`: TOML text -> validated `Config`, errors with line and column.
-//! - `key`: the client id of a request (header, cookie, query, peer address).
-//! - `backend`: a backend's identity and live atomic state.
-//! - `metrics`: the typed Prometheus metrics over an owned registry.
-//! - `router`: `Snapshot { ring, backends, key spec, timeouts }` behind one `ArcSwap`.
-//! - `reload`: notify + SIGHUP -> parse -> build -> swap -> metrics; `diff`.
-//! - `health`: active probes with rise/fall; writes backend health only.
-//! - `wire`: the RFC rules of an intermediary: refused requests, the
-//!   backend's request head (origin-form, one `Host`), the client's response head.
-//! - `body`: request bodies going upstream; the client's faults told apart.
+//!   Pure: no IO.
 //! - `files`: reading operator files: regular files only, size-bounded.
-//! - `error`: every failure the proxy answers itself -> status and body.
-//! - `proxy`: the request path: key -> pick -> rewrite -> forward -> finish.
-//! - `tls`: certificate and key PEM files -> rustls server config (ALPN h2, http/1.1).
-//! - `server`: accept loop, TLS accept, HTTP/1.1 + HTTP/2 (h2c and ALPN h2),
-//!   timeouts, graceful drain.
-//! - `idle`: a stream wrapper that records activity, for idle timeouts.
-//! - `admin`: `/metrics`, `/healthz`, `/ring`, `/ring/lookup`.
-//! - `demo`: echo backends for `stickylb demo`.
-//! - `stdio`: the JSON-lines routing protocol of `stickylb stdio` over the ring.
+//! - `observe::metrics`: the typed Prometheus metrics over an owned registry.
+//! - `routing`: `snapshot` (`Snapshot { ring, backends, key spec, settings }`
+//!   behind one `ArcSwap`, the `Router`), `key` (the client id of a
+//!   request), `backend` (a backend's identity and live atomic state).
+//! - `http`: `server` (accept loop, TLS accept, HTTP/1.1 + HTTP/2, timeouts,
+//!   graceful drain), `proxy` (the request path: key -> pick -> rewrite ->
+//!   forward -> finish), `upstream` (the backend connection pool), `wire`
+//!   (the RFC rules of an intermediary), `body` (request bodies going
+//!   upstream; the client's faults told apart), `error` (every answer the
+//!   proxy makes itself), `tls` (PEM files -> rustls config), `idle`
+//!   (streams that report the bytes they move).
+//! - `control`: `reload` (watch the config's files + SIGHUP -> parse ->
+//!   build -> swap -> metrics; `diff`), `health` (active probes with
+//!   rise/fall), `admin` (`/metrics`, `/healthz`, `/ring`, `/ring/lookup`).
+//! - `tools`: `stdio` (the JSON-lines routing protocol), `demo` (echo
+//!   backends for `stickylb demo`).
 //!
 //! Data flow:
 //! ```text
-//! config.toml --(notify, debounce | SIGHUP)--> reload: read file
-//!   -> config::from_toml_str -> router::Snapshot::build(&config, &old) -> ArcSwap::store -> metrics
+//! config.toml --(notify, debounce | SIGHUP)--> control::reload: read file
+//!   -> config::from_toml_str -> routing::snapshot::Snapshot::build(&config, &old)
+//!   -> ArcSwap::store -> metrics
 //!      (any error: log + count; the old snapshot keeps serving)
-//! request -> server -> proxy: key::extract -> Router::load -> ring owner
-//!         -> rewrite headers -> pooled client -> backend -> response streamed back
+//! request -> http::server -> http::proxy: key::extract -> Router::load -> ring owner
+//!         -> wire rewrite -> upstream pool -> backend -> response streamed back
 //! ```
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod backend;
-pub mod body;
 pub mod config;
-pub mod demo;
-pub mod error;
+pub mod control;
 pub mod files;
-pub mod health;
-pub mod idle;
-pub mod key;
-pub mod metrics;
-pub mod proxy;
-pub mod reload;
+pub mod http;
+pub mod observe;
 pub mod ring;
-pub mod router;
-pub mod server;
-pub mod stdio;
-pub mod tls;
-pub mod upstream;
-pub mod wire;
+pub mod routing;
+pub mod tools;

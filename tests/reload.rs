@@ -10,9 +10,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 use stickylb::config;
-use stickylb::metrics::Metrics;
-use stickylb::reload::{self, Reloader, Status};
-use stickylb::router::{ring_of, Router};
+use stickylb::control::reload::{self, Reloader, Status};
+use stickylb::observe::metrics::Metrics;
+use stickylb::routing::snapshot::{ring_of, Router};
 use tokio::sync::watch;
 
 /// How a test replaces the config file, as editors and orchestrators do.

@@ -7,10 +7,10 @@ mod common;
 use common::*;
 use http::StatusCode;
 use std::sync::Arc;
-use stickylb::metrics::Metrics;
-use stickylb::reload::{self, Outcome, Reloader};
-use stickylb::router::Router;
-use stickylb::server::Transport;
+use stickylb::control::reload::{self, Outcome, Reloader};
+use stickylb::http::server::Transport;
+use stickylb::observe::metrics::Metrics;
+use stickylb::routing::snapshot::Router;
 
 struct Tls {
     proxy: TestProxy,

@@ -130,10 +130,10 @@ async fn websocket_over_tls() {
     let text = ws_config_text(&backends, "", "").replace("[listen]\n", &format!("[listen]\n{tls}"));
     let path = dir.path().join("config.toml");
     std::fs::write(&path, text).expect("write config");
-    let metrics = std::sync::Arc::new(stickylb::metrics::Metrics::new());
-    let (_, snap) = stickylb::reload::load_initial(&path, &metrics).expect("config");
-    let router = std::sync::Arc::new(stickylb::router::Router::new(snap));
-    let proxy = start_proxy_with(router, metrics, stickylb::server::Transport::Tls).await;
+    let metrics = std::sync::Arc::new(stickylb::observe::metrics::Metrics::new());
+    let (_, snap) = stickylb::control::reload::load_initial(&path, &metrics).expect("config");
+    let router = std::sync::Arc::new(stickylb::routing::snapshot::Router::new(snap));
+    let proxy = start_proxy_with(router, metrics, stickylb::http::server::Transport::Tls).await;
     let owner = proxy.router.load().owner(b"bob").name.to_string();
     for _ in 0..3 {
         let stream = tls_connect(proxy.addr, &ca.der, &[b"http/1.1"]).await;

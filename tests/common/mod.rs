@@ -18,10 +18,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use stickylb::config;
-use stickylb::metrics::Metrics;
-use stickylb::proxy::Proxy;
-use stickylb::router::{Router, Snapshot};
-use stickylb::server::Transport;
+use stickylb::http::proxy::Proxy;
+use stickylb::http::server::Transport;
+use stickylb::observe::metrics::Metrics;
+use stickylb::routing::snapshot::{Router, Snapshot};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -355,22 +355,22 @@ pub async fn start_proxy_with(
     let addr = listener.local_addr().expect("proxy addr");
     let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
     let admin = admin_listener.local_addr().expect("admin addr");
-    let admin_state = Arc::new(stickylb::admin::Admin {
+    let admin_state = Arc::new(stickylb::control::admin::Admin {
         router: router.clone(),
         metrics: metrics.clone(),
     });
     let tasks = vec![
         tokio::spawn(async move {
-            stickylb::server::run_with(listener, proxy, transport, std::future::pending())
+            stickylb::http::server::run_with(listener, proxy, transport, std::future::pending())
                 .await
                 .expect("server runs");
         }),
-        tokio::spawn(stickylb::admin::run(
+        tokio::spawn(stickylb::control::admin::run(
             admin_listener,
             admin_state,
             std::future::pending(),
         )),
-        tokio::spawn(stickylb::health::run(
+        tokio::spawn(stickylb::control::health::run(
             router.clone(),
             std::future::pending(),
         )),

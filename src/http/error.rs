@@ -207,24 +207,24 @@ impl ProxyError {
     }
 }
 
-impl From<crate::wire::Refusal> for ProxyError {
-    fn from(r: crate::wire::Refusal) -> Self {
+impl From<crate::http::wire::Refusal> for ProxyError {
+    fn from(r: crate::http::wire::Refusal) -> Self {
         match r {
-            crate::wire::Refusal::NoHost => ProxyError::BadRequest(BadRequest::NoHost),
-            crate::wire::Refusal::ManyHosts => ProxyError::BadRequest(BadRequest::ManyHosts),
-            crate::wire::Refusal::BadHost => ProxyError::BadRequest(BadRequest::BadHost),
-            crate::wire::Refusal::BadTarget => ProxyError::BadRequest(BadRequest::BadTarget),
-            crate::wire::Refusal::Connect => ProxyError::Method,
-            crate::wire::Refusal::TransferCoding => ProxyError::TransferCoding,
+            crate::http::wire::Refusal::NoHost => ProxyError::BadRequest(BadRequest::NoHost),
+            crate::http::wire::Refusal::ManyHosts => ProxyError::BadRequest(BadRequest::ManyHosts),
+            crate::http::wire::Refusal::BadHost => ProxyError::BadRequest(BadRequest::BadHost),
+            crate::http::wire::Refusal::BadTarget => ProxyError::BadRequest(BadRequest::BadTarget),
+            crate::http::wire::Refusal::Connect => ProxyError::Method,
+            crate::http::wire::Refusal::TransferCoding => ProxyError::TransferCoding,
         }
     }
 }
 
-impl From<crate::body::BodyFault> for ProxyError {
-    fn from(f: crate::body::BodyFault) -> Self {
+impl From<crate::http::body::BodyFault> for ProxyError {
+    fn from(f: crate::http::body::BodyFault) -> Self {
         match f {
-            crate::body::BodyFault::Broken => ProxyError::BadRequest(BadRequest::Body),
-            crate::body::BodyFault::Stalled => ProxyError::ClientTimeout,
+            crate::http::body::BodyFault::Broken => ProxyError::BadRequest(BadRequest::Body),
+            crate::http::body::BodyFault::Stalled => ProxyError::ClientTimeout,
         }
     }
 }

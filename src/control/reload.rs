@@ -5,10 +5,10 @@
 //! the remap report behind `stickylb diff`.
 
 use crate::config::{self, Config};
-use crate::metrics::Metrics;
+use crate::http::tls;
+use crate::observe::metrics::Metrics;
 use crate::ring::Ring;
-use crate::router::{ring_of, Router, Snapshot};
-use crate::tls;
+use crate::routing::snapshot::{ring_of, Router, Snapshot};
 use notify::{EventKind, RecursiveMode, Watcher};
 use std::future::Future;
 use std::net::SocketAddr;

@@ -3,8 +3,8 @@
 //! backend out, `rise` successes bring it back. Writes backend health
 //! state only; never rebuilds the ring.
 
-use crate::backend::{report, Backend, Health};
-use crate::router::Router;
+use crate::routing::backend::{report, Backend, Health};
+use crate::routing::snapshot::Router;
 use bytes::Bytes;
 use http::{header, Request};
 use http_body_util::Empty;
@@ -113,7 +113,7 @@ impl Probe {
     /// One check: a new connection, `GET path`, a 2xx or 3xx answer.
     async fn check(&self, path: &str) -> Result<(), Failed> {
         let stream = TcpStream::connect(&*self.address).await.map_err(|e| {
-            if crate::upstream::is_local(&e) {
+            if crate::http::upstream::is_local(&e) {
                 Failed::Local(format!("connect: {e}"))
             } else {
                 Failed::Backend(format!("connect: {e}"))

@@ -3,17 +3,17 @@
 //! directions; an upgrade (WebSocket) that the backend accepts with 101
 //! becomes a byte tunnel. Nothing here knows about TOML or files.
 
-use crate::backend::{Backend, InFlight};
-use crate::body::{BodyProgress, ClientBody, RequestBody};
 use crate::config::StickyCookie;
 use crate::config::{Log, LogFormat};
-use crate::error::{ProxyError, UpstreamErrorKind};
-use crate::idle::{self, Activity, Tracked};
-use crate::key::{GeneratedId, Key, KeyKind, NoKey};
-use crate::metrics::{Metrics, PROXY_RESPONSE_CAUSES};
-use crate::router::{Reason, Router};
-use crate::upstream::{Conn, ConnectError, SendError, UpstreamBody};
-use crate::wire;
+use crate::http::body::{BodyProgress, ClientBody, RequestBody};
+use crate::http::error::{ProxyError, UpstreamErrorKind};
+use crate::http::idle::{self, Activity, Tracked};
+use crate::http::upstream::{Conn, ConnectError, SendError, UpstreamBody};
+use crate::http::wire;
+use crate::observe::metrics::{Metrics, PROXY_RESPONSE_CAUSES};
+use crate::routing::backend::{Backend, InFlight};
+use crate::routing::key::{GeneratedId, Key, KeyKind, NoKey};
+use crate::routing::snapshot::{Reason, Router};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -532,7 +532,7 @@ impl Exchange<'_> {
         &self,
         conn: Conn,
         req: Request<RequestBody>,
-        pool: &Arc<crate::upstream::Pool>,
+        pool: &Arc<crate::http::upstream::Pool>,
     ) -> Result<Response<UpstreamBody>, Sent> {
         let send = conn.send(req, pool);
         tokio::pin!(send);

@@ -1,10 +1,10 @@
 //! The admin listener: `/metrics`, `/healthz`, `/ring`, `/ring/lookup`.
 //! Its own small hyper server, apart from the proxy's connections.
 
-use crate::idle::{Activity, Deadlines, Expiry, Tracked};
-use crate::metrics::Metrics;
+use crate::http::idle::{Activity, Deadlines, Expiry, Tracked};
+use crate::observe::metrics::Metrics;
 use crate::ring::degrees;
-use crate::router::Router;
+use crate::routing::snapshot::Router;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;

@@ -4,8 +4,8 @@
 //! backend removed from the pool keeps serving its in-flight requests; its
 //! pool closes when the last one ends.
 
-use crate::metrics::BackendMetrics;
-use crate::upstream::Pool;
+use crate::http::upstream::Pool;
+use crate::observe::metrics::BackendMetrics;
 use http::uri::Authority;
 use http::HeaderValue;
 use std::num::NonZeroU32;

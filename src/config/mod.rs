@@ -1085,7 +1085,7 @@ mod tests {
 
     #[test]
     fn shipped_config_parses() {
-        let text = include_str!("../config.toml");
+        let text = include_str!("../../config.toml");
         let c = from_toml_str(text, "config.toml").unwrap();
         assert!(c.backends.len() >= 3);
     }

@@ -2,11 +2,11 @@
 //! timeouts, generation, the previous ring) behind one `ArcSwap`, so a
 //! request sees either the old pool or the new one, never half of each.
 
-use crate::backend::{Backend, InFlight, UpstreamOptions};
 use crate::config::{Config, HealthConfig, Limits, Log, StickyCookie, Timeouts};
-use crate::key::KeySpec;
-use crate::metrics::Metrics;
+use crate::observe::metrics::Metrics;
 use crate::ring::{Algorithm, Member, Ring};
+use crate::routing::backend::{Backend, InFlight, UpstreamOptions};
+use crate::routing::key::KeySpec;
 use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;

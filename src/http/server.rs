@@ -3,8 +3,8 @@
 //! header-read and idle timeouts, and a bounded graceful drain.
 
 use crate::config::{Limits, MIN_HEADER_BYTES};
-use crate::idle::{Activity, Deadlines, Expiry, Tracked};
-use crate::proxy::{ConnInfo, ConnState, Proxy};
+use crate::http::idle::{Activity, Deadlines, Expiry, Tracked};
+use crate::http::proxy::{ConnInfo, ConnState, Proxy};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -314,7 +314,7 @@ pub struct FdBudget {
 
 impl FdBudget {
     /// Descriptors kept for everything but client and backend connections.
-    pub const RESERVED: usize = crate::admin::MAX_ADMIN_CONNECTIONS + 64;
+    pub const RESERVED: usize = crate::control::admin::MAX_ADMIN_CONNECTIONS + 64;
 
     /// The `max_connections` per listener that fits: `wanted` if it does;
     /// else what is left beside the backend caps, but never less than a

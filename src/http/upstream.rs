@@ -12,10 +12,10 @@
 //! come before any byte of the response: such a request was never
 //! answered, and the caller may send it again on a fresh connection.
 
-use crate::backend::UpstreamOptions;
-use crate::body::RequestBody;
-use crate::idle::{Tracked, Watch};
-use crate::wire;
+use crate::http::body::RequestBody;
+use crate::http::idle::{Tracked, Watch};
+use crate::http::wire;
+use crate::routing::backend::UpstreamOptions;
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};

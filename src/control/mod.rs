@@ -1,0 +1,6 @@
+//! What runs beside the request path: live reload (watch, debounce, swap),
+//! active health checks, and the admin listener.
+
+pub mod admin;
+pub mod health;
+pub mod reload;

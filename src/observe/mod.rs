@@ -1,0 +1,3 @@
+//! What the proxy tells about itself: the typed Prometheus metrics.
+
+pub mod metrics;
