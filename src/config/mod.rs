@@ -888,6 +888,11 @@ fn timeouts(at: &At<'_>, raw: Option<RawTimeouts>) -> Result<Timeouts, ConfigErr
     })
 }
 
+/// Admin connections open at once at most; past it, new ones wait in the
+/// kernel's accept queue, so no flood of idle admin clients can use up the
+/// proxy's file descriptors.
+pub const MAX_ADMIN_CONNECTIONS: usize = 64;
+
 /// The shortest `health.interval`.
 pub const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(100);
 

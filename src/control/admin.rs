@@ -27,10 +27,7 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
 }
 
-/// Admin connections open at once at most; past it, new ones wait in the
-/// kernel's accept queue, so no flood of idle admin clients can use up the
-/// proxy's file descriptors.
-pub const MAX_ADMIN_CONNECTIONS: usize = 64;
+pub use crate::config::MAX_ADMIN_CONNECTIONS;
 
 /// Serves the admin endpoints on `listener` until `shutdown` resolves. A
 /// connection that sends no complete request head within

@@ -314,7 +314,7 @@ pub struct FdBudget {
 
 impl FdBudget {
     /// Descriptors kept for everything but client and backend connections.
-    pub const RESERVED: usize = crate::control::admin::MAX_ADMIN_CONNECTIONS + 64;
+    pub const RESERVED: usize = crate::config::MAX_ADMIN_CONNECTIONS + 64;
 
     /// The `max_connections` per listener that fits: `wanted` if it does;
     /// else what is left beside the backend caps, but never less than a

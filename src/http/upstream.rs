@@ -15,7 +15,6 @@
 use crate::http::body::RequestBody;
 use crate::http::idle::{Tracked, Watch};
 use crate::http::wire;
-use crate::routing::backend::UpstreamOptions;
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -98,6 +97,16 @@ pub enum SendError {
         /// keep-alive race, where the backend had closed the connection.
         unanswered_reuse: bool,
     },
+}
+
+/// Settings of a backend's upstream connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamOptions {
+    pub connect_timeout: Duration,
+    /// How long an idle pooled connection is kept.
+    pub pool_idle: Duration,
+    /// Connections to the backend, pooled, in use or upgraded, at most.
+    pub max_connections: usize,
 }
 
 pub struct Pool {

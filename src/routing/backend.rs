@@ -4,24 +4,13 @@
 //! backend removed from the pool keeps serving its in-flight requests; its
 //! pool closes when the last one ends.
 
-use crate::http::upstream::Pool;
+use crate::http::upstream::{Pool, UpstreamOptions};
 use crate::observe::metrics::BackendMetrics;
 use http::uri::Authority;
 use http::HeaderValue;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-
-/// Settings of a backend's upstream connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UpstreamOptions {
-    pub connect_timeout: Duration,
-    /// How long an idle pooled connection is kept.
-    pub pool_idle: Duration,
-    /// Connections to the backend, pooled and in use, at most.
-    pub max_connections: usize,
-}
 
 pub struct Backend {
     /// Identity on the ring.

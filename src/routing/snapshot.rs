@@ -3,9 +3,10 @@
 //! request sees either the old pool or the new one, never half of each.
 
 use crate::config::{Config, HealthConfig, Limits, Log, StickyCookie, Timeouts};
+use crate::http::upstream::UpstreamOptions;
 use crate::observe::metrics::Metrics;
 use crate::ring::{Algorithm, Member, Ring};
-use crate::routing::backend::{Backend, InFlight, UpstreamOptions};
+use crate::routing::backend::{Backend, InFlight};
 use crate::routing::key::KeySpec;
 use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use std::sync::atomic::{AtomicI64, Ordering};
