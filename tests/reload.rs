@@ -568,3 +568,90 @@ async fn watching_resumes_when_the_directory_is_removed_and_made_again() {
     std::fs::write(&path, &three).expect("write");
     live.wait_for_ring(fingerprint(&three)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_file_is_told_once_and_the_same_bytes_back_serve_again() {
+    let pool = spawn_backends(2).await;
+    let refs: Vec<_> = pool.iter().collect();
+    let good = config_text(&refs, "", "");
+    let dir = ConfigDir::new(&good);
+    let mut live = start_live(&dir.path()).await;
+    std::fs::remove_file(dir.path()).expect("remove");
+    let status = live.wait_for_attempts(1).await;
+    assert!(
+        matches!(status.last, reload::Outcome::Failed(_)),
+        "{status:?}"
+    );
+    // The same bytes back: applied (routing unchanged), the failure told once.
+    std::fs::write(dir.path(), &good).expect("restore");
+    let status = live.wait_for_attempts(2).await;
+    assert!(
+        matches!(status.last, reload::Outcome::Applied { generation: 1, .. }),
+        "{status:?}"
+    );
+    let m = live.metrics_text().await;
+    assert_eq!(
+        metric(&m, "stickylb_config_reload_failures_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&m, "stickylb_config_last_reload_successful"),
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_writer_right_after_a_save_is_waited_for() {
+    use std::io::Write;
+    let pool = spawn_backends(5).await;
+    let refs: Vec<_> = pool.iter().collect();
+    let dir = ConfigDir::new(&config_text(&refs[..3], "", ""));
+    let mut live = start_live(&dir.path()).await;
+    let four = config_text(&refs[..4], "", "");
+    let first = config_text(&refs[..2], "", "");
+    let full = config_text(&refs, "", "");
+    let half = fingerprint(&first);
+    // A complete save, then at once a writer that pauses after a valid part.
+    std::fs::write(dir.path(), &four).expect("save");
+    let mut f = std::fs::File::create(dir.path()).expect("open for writing");
+    f.write_all(first.as_bytes()).expect("first part");
+    f.flush().expect("flush");
+    let pause = std::time::Instant::now() + Duration::from_millis(150);
+    while std::time::Instant::now() < pause {
+        assert_ne!(
+            live.proxy.router.load().ring.fingerprint(),
+            half,
+            "half a file applied"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    f.write_all(&full.as_bytes()[first.len()..])
+        .expect("the rest");
+    drop(f);
+    live.wait_for_ring(fingerprint(&full)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watching_resumes_when_several_directory_levels_come_back() {
+    let pool = spawn_backends(2).await;
+    let refs: Vec<_> = pool.iter().collect();
+    let root = tempfile::tempdir().expect("tempdir");
+    let conf = root.path().join("x").join("y").join("conf");
+    std::fs::create_dir_all(&conf).expect("mkdir");
+    let path = conf.join("config.toml");
+    std::fs::write(&path, config_text(&refs[..1], "", "")).expect("write");
+    let mut live = start_live(&path).await;
+    std::fs::remove_dir_all(root.path().join("x")).expect("remove two levels up");
+    let status = live.wait_for_attempts(1).await;
+    assert!(
+        matches!(status.last, reload::Outcome::Failed(_)),
+        "{status:?}"
+    );
+    // Made again one level at a time, then the config written.
+    for level in [root.path().join("x"), root.path().join("x/y"), conf.clone()] {
+        std::fs::create_dir(&level).expect("mkdir");
+    }
+    let two = config_text(&refs, "", "");
+    std::fs::write(&path, &two).expect("write");
+    live.wait_for_ring(fingerprint(&two)).await;
+}

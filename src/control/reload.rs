@@ -24,6 +24,9 @@ const DEBOUNCE: Duration = Duration::from_millis(20);
 /// Upper bound on the wait for quiet, so a busy directory still reloads.
 const DEBOUNCE_MAX: Duration = Duration::from_millis(250);
 
+/// Mixed into the hash of a read error, so it never equals a content hash.
+const READ_FAILURE: u64 = 0x5eed_f00d_dead_beef;
+
 /// What one reload attempt did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -200,7 +203,15 @@ impl Reloader {
     fn try_reload(&self, force: bool) -> Outcome {
         let text = match read(&self.path) {
             Ok(t) => t,
-            Err(e) => return Outcome::Failed(e),
+            Err(e) => {
+                // Unreadable the same way as last time: already told.
+                let failure = xxhash_rust::xxh3::xxh3_64(e.as_bytes()) ^ READ_FAILURE;
+                if !force && failure == self.seen.load(Ordering::Relaxed) {
+                    return Outcome::Unchanged;
+                }
+                self.seen.store(failure, Ordering::Relaxed);
+                return Outcome::Failed(e);
+            }
         };
         let applied_tls = self
             .tls_files
@@ -253,7 +264,8 @@ impl Reloader {
         publish(&self.metrics, &snap, Some((&old, moved)));
         self.router.store(snap);
         self.applied.store(hash, Ordering::Relaxed);
-        self.seen.store(inputs, Ordering::Relaxed);
+        // As the next look will compute it (with these certificate paths).
+        self.seen.store(hash, Ordering::Relaxed);
         *self.tls_files.lock().unwrap_or_else(|p| p.into_inner()) = config.listen.tls.clone();
         if routing_changed {
             tracing::info!(
@@ -303,21 +315,31 @@ impl Reloader {
         self: Arc<Self>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> tokio::task::JoinHandle<()> {
-        let (tx, rx) = mpsc::unbounded_channel::<()>();
+        let (tx, rx) = mpsc::unbounded_channel::<(FileEvent, Vec<PathBuf>)>();
         let set = self.watch_set();
         let filter = Arc::new(Mutex::new(set.clone()));
         let watcher = {
             let filter = filter.clone();
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-                Ok(e) if !is_change(&e.kind) => {}
+                // The kernel's queue overflowed: anything may have changed.
+                Ok(e) if e.need_rescan() => {
+                    tracing::warn!("config watcher: events were lost; looking at the files again");
+                    tx.send((FileEvent::Done, Vec::new())).ok();
+                }
                 Ok(e) => {
+                    let Some(what) = file_event(&e.kind) else {
+                        return;
+                    };
                     let set = filter.lock().unwrap_or_else(|p| p.into_inner());
                     if e.paths.iter().any(|p| set.concerns(p)) {
                         // The receiver is gone only when the reloader stopped.
-                        tx.send(()).ok();
+                        tx.send((what, e.paths)).ok();
                     }
                 }
-                Err(e) => tracing::warn!("config watcher: {e}"),
+                Err(e) => {
+                    tracing::warn!("config watcher: {e}");
+                    tx.send((FileEvent::Done, Vec::new())).ok();
+                }
             })
         };
         let watches = match watcher {
@@ -342,19 +364,24 @@ impl Reloader {
         self: Arc<Self>,
         mut watches: Option<Watches>,
         filter: Arc<Mutex<WatchSet>>,
-        mut rx: mpsc::UnboundedReceiver<()>,
+        mut rx: mpsc::UnboundedReceiver<(FileEvent, Vec<PathBuf>)>,
         mut hangup: Hangup,
         shutdown: impl Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
+        // The config's files a writer has written to and not yet closed:
+        // nothing is read while one is open.
+        let mut writing = Writing::default();
         loop {
             let force = tokio::select! {
                 () = &mut shutdown => return,
                 event = rx.recv() => {
-                    if event.is_none() {
-                        return;
+                    let Some(event) = event else { return };
+                    writing.note(event);
+                    debounce(&mut rx, &mut writing).await;
+                    if writing.any() {
+                        continue;
                     }
-                    debounce(&mut rx).await;
                     false
                 }
                 () = next_hangup(&mut hangup) => {
@@ -399,15 +426,27 @@ fn restart_only(config: &Config) -> [(&'static str, String); 4] {
     ]
 }
 
-/// Whether a file event can be a finished change. On Linux a write counts
+/// What a file event says about the config's files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileEvent {
+    /// A change is complete: a writer closed the file, or it was renamed,
+    /// created, removed or had its attributes changed.
+    Done,
+    /// A writer is writing (Linux): wait for its close.
+    Writing,
+}
+
+/// The meaning of a file event, if it has one. On Linux a write counts
 /// when the writer closes the file, never while it writes.
-fn is_change(kind: &EventKind) -> bool {
+fn file_event(kind: &EventKind) -> Option<FileEvent> {
     use notify::event::{AccessKind, AccessMode, ModifyKind};
     match kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        EventKind::Access(_) => false,
-        EventKind::Modify(ModifyKind::Data(_)) => !cfg!(target_os = "linux"),
-        _ => true,
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(FileEvent::Done),
+        EventKind::Access(_) => None,
+        EventKind::Modify(ModifyKind::Data(_)) if cfg!(target_os = "linux") => {
+            Some(FileEvent::Writing)
+        }
+        _ => Some(FileEvent::Done),
     }
 }
 
@@ -421,9 +460,12 @@ fn symlink_chain(path: &Path, out: &mut Vec<PathBuf>) {
         let Ok(target) = std::fs::read_link(&p) else {
             return;
         };
+        // The link's own directory without `..` or links in it, so that a
+        // relative target such as `../m/x.toml` names the real place.
         let dir = p
             .parent()
             .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
+        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
         if target.is_relative() {
             if let Some(first) = target.components().next() {
                 out.push(dir.join(first));
@@ -461,9 +503,7 @@ impl WatchSet {
     /// Whether an event on `path` concerns the config: one of its files,
     /// or a directory of theirs appearing or going.
     fn concerns(&self, path: &Path) -> bool {
-        self.files
-            .iter()
-            .any(|f| f == path || f.parent() == Some(path))
+        self.files.iter().any(|f| f.starts_with(path))
     }
 }
 
@@ -482,29 +522,59 @@ impl Watches {
             let _ = self.watcher.unwatch(&d);
         }
         for d in &set.dirs {
-            match self.watcher.watch(d, RecursiveMode::NonRecursive) {
-                Ok(()) => self.dirs.push(d.clone()),
-                Err(e) => {
-                    if set.files.iter().any(|f| f.parent() == Some(d.as_path())) {
-                        tracing::warn!(
-                            "cannot watch {}: {e}; watching resumes when it is back (or send SIGHUP)",
-                            d.display()
-                        );
-                    }
-                }
+            // A directory that is gone is watched from its nearest
+            // ancestor that exists, where its return shows.
+            let Some(existing) = d.ancestors().find(|a| a.is_dir()) else {
+                continue;
+            };
+            if self.dirs.iter().any(|w| w == existing) {
+                continue;
+            }
+            match self.watcher.watch(existing, RecursiveMode::NonRecursive) {
+                Ok(()) => self.dirs.push(existing.to_path_buf()),
+                Err(e) => tracing::warn!(
+                    "cannot watch {}: {e}; reload with SIGHUP",
+                    existing.display()
+                ),
             }
         }
     }
 }
 
-/// Waits until no event arrived for `DEBOUNCE`, or `DEBOUNCE_MAX` passed.
-async fn debounce(rx: &mut mpsc::UnboundedReceiver<()>) {
+/// The config's files being written now (written to, not yet closed).
+#[derive(Debug, Default)]
+struct Writing(Vec<PathBuf>);
+
+impl Writing {
+    fn note(&mut self, (event, paths): (FileEvent, Vec<PathBuf>)) {
+        for path in paths {
+            self.0.retain(|p| *p != path);
+            if event == FileEvent::Writing {
+                self.0.push(path);
+            }
+        }
+    }
+
+    fn any(&self) -> bool {
+        !self.0.is_empty()
+    }
+}
+
+/// Waits until no event arrived for `DEBOUNCE`, or `DEBOUNCE_MAX` passed,
+/// keeping `writing` up to date with the events seen meanwhile.
+async fn debounce(
+    rx: &mut mpsc::UnboundedReceiver<(FileEvent, Vec<PathBuf>)>,
+    writing: &mut Writing,
+) {
     let until = tokio::time::Instant::now() + DEBOUNCE_MAX;
     loop {
         tokio::select! {
             () = tokio::time::sleep(DEBOUNCE) => return,
             () = tokio::time::sleep_until(until) => return,
-            event = rx.recv() => if event.is_none() { return },
+            event = rx.recv() => match event {
+                Some(event) => writing.note(event),
+                None => return,
+            },
         }
     }
 }
