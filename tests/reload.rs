@@ -496,18 +496,13 @@ async fn other_files_in_the_directory_trigger_nothing_and_a_rejection_is_told_on
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_file_still_being_written_is_never_applied() {
+/// Writes `full` to `path` as a writer that keeps the file open and pauses
+/// 150 ms after the valid first part `first`, asserting all along that the
+/// ring of `first` never goes live.
+async fn write_with_a_pause(live: &Live, path: &Path, first: &str, full: &str) {
     use std::io::Write;
-    let pool = spawn_backends(4).await;
-    let refs: Vec<_> = pool.iter().collect();
-    let first = config_text(&refs[..1], "", "");
-    let full = config_text(&refs, "", "");
-    let dir = ConfigDir::new(&config_text(&refs[..2], "", ""));
-    let mut live = start_live(&dir.path()).await;
-    let half = fingerprint(&first);
-    // A writer that keeps the file open and pauses after a valid first part.
-    let mut f = std::fs::File::create(dir.path()).expect("open for writing");
+    let half = fingerprint(first);
+    let mut f = std::fs::File::create(path).expect("open for writing");
     f.write_all(first.as_bytes()).expect("first part");
     f.flush().expect("flush");
     let pause = std::time::Instant::now() + Duration::from_millis(150);
@@ -521,7 +516,17 @@ async fn a_file_still_being_written_is_never_applied() {
     }
     f.write_all(&full.as_bytes()[first.len()..])
         .expect("the rest");
-    drop(f);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_still_being_written_is_never_applied() {
+    let pool = spawn_backends(4).await;
+    let refs: Vec<_> = pool.iter().collect();
+    let first = config_text(&refs[..1], "", "");
+    let full = config_text(&refs, "", "");
+    let dir = ConfigDir::new(&config_text(&refs[..2], "", ""));
+    let mut live = start_live(&dir.path()).await;
+    write_with_a_pause(&live, &dir.path(), &first, &full).await;
     live.wait_for_ring(fingerprint(&full)).await;
 }
 
@@ -602,7 +607,6 @@ async fn a_missing_file_is_told_once_and_the_same_bytes_back_serve_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_writer_right_after_a_save_is_waited_for() {
-    use std::io::Write;
     let pool = spawn_backends(5).await;
     let refs: Vec<_> = pool.iter().collect();
     let dir = ConfigDir::new(&config_text(&refs[..3], "", ""));
@@ -610,24 +614,9 @@ async fn a_second_writer_right_after_a_save_is_waited_for() {
     let four = config_text(&refs[..4], "", "");
     let first = config_text(&refs[..2], "", "");
     let full = config_text(&refs, "", "");
-    let half = fingerprint(&first);
     // A complete save, then at once a writer that pauses after a valid part.
     std::fs::write(dir.path(), &four).expect("save");
-    let mut f = std::fs::File::create(dir.path()).expect("open for writing");
-    f.write_all(first.as_bytes()).expect("first part");
-    f.flush().expect("flush");
-    let pause = std::time::Instant::now() + Duration::from_millis(150);
-    while std::time::Instant::now() < pause {
-        assert_ne!(
-            live.proxy.router.load().ring.fingerprint(),
-            half,
-            "half a file applied"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    f.write_all(&full.as_bytes()[first.len()..])
-        .expect("the rest");
-    drop(f);
+    write_with_a_pause(&live, &dir.path(), &first, &full).await;
     live.wait_for_ring(fingerprint(&full)).await;
 }
 
