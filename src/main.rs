@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use stickylb::config::{self, Config};
 use stickylb::control::admin::{self, Admin};
@@ -230,11 +231,15 @@ fn serve(path: &Path, threads: Option<usize>, with_demo: bool) -> Result<(), Fai
         let router = Arc::new(Router::new(snap));
         let proxy = Arc::new(Proxy::new(router.clone(), metrics.clone()));
         let (stop_tx, stop_rx) = watch::channel(false);
-        let admin = Arc::new(Admin {
-            router: router.clone(),
-            metrics: metrics.clone(),
-        });
-        let admin_task = tokio::spawn(admin::run(admin_listener, admin, stopped(stop_rx.clone())));
+        let admin = Arc::new(Admin::new(router.clone(), metrics.clone()));
+        // The admin listener outlives the proxy listeners, so `/healthz`
+        // answers `draining` through the whole shutdown.
+        let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
+        let admin_task = tokio::spawn(admin::run(
+            admin_listener,
+            admin.clone(),
+            stopped(admin_stop_rx),
+        ));
         let health_task = tokio::spawn(health::run(router.clone(), stopped(stop_rx.clone())));
         let reloader = Arc::new(Reloader::new(path, &config, router, metrics));
         let reload_task = reloader.start(stopped(stop_rx.clone()));
@@ -262,10 +267,17 @@ fn serve(path: &Path, threads: Option<usize>, with_demo: bool) -> Result<(), Fai
             })
             .collect();
         shutdown_signal().await;
+        admin.draining.store(true, Ordering::Relaxed);
+        let delay = admin.router.load().timeouts.shutdown_delay;
+        tracing::info!(
+            "draining: /healthz answers 503; serving for {delay:?} (timeouts.shutdown_delay) before closing the listeners"
+        );
+        tokio::time::sleep(delay).await;
         stop_tx.send_replace(true);
         for s in servers {
             s.await.map_err(|e| format!("server task failed: {e}"))??;
         }
+        admin_stop_tx.send_replace(true);
         for task in [admin_task, reload_task, health_task] {
             if let Err(e) = task.await {
                 tracing::warn!("background task ended abnormally: {e}");

@@ -293,3 +293,43 @@ async fn out_of_file_descriptors_is_local_and_no_backend_goes_down() {
     let r = send(&client, get(proxy, "/", &[("x-client-id", "after")])).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sigterm_healthz_says_draining_while_the_proxy_serves_for_shutdown_delay() {
+    let backend = spawn_backend("b1").await;
+    let (port, admin_port) = (free_port(), free_port());
+    let text = format!(
+        "[listen]\naddress = \"127.0.0.1:{port}\"\n[admin]\naddress = \"127.0.0.1:{admin_port}\"\n\
+         [timeouts]\nshutdown_delay = \"1500ms\"\nshutdown_grace = \"5s\"\n\
+         [[backend]]\nname = \"b1\"\naddress = \"{}\"\n",
+        backend.addr
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, &text).unwrap();
+    let mut run = Running::start(&path);
+    let proxy: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let client = client();
+    let r = send(&client, get(admin, "/healthz", &[])).await;
+    assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "ok\n"));
+
+    run.signal("TERM");
+    run.wait_log("draining: /healthz answers 503");
+    // From the signal on: 503 draining, while requests are still served.
+    let r = send(&client, get(admin, "/healthz", &[])).await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    );
+    let r = send(&client, get(proxy, "/", &[("x-client-id", "late")])).await;
+    assert_eq!(r.status, StatusCode::OK, "served during shutdown_delay");
+    let status = tokio::task::spawn_blocking(move || {
+        let status = run.child.wait().expect("wait");
+        drop(run);
+        status
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.code(), Some(0));
+}

@@ -176,6 +176,9 @@ pub struct Timeouts {
     /// Idle pooled backend connections are closed after this long.
     pub upstream_idle: Duration,
     pub shutdown_grace: Duration,
+    /// After SIGTERM/SIGINT, how long the proxy keeps serving (with
+    /// `/healthz` answering 503) before it stops accepting.
+    pub shutdown_delay: Duration,
     /// An upgraded connection (WebSocket) with no bytes either way this
     /// long is closed.
     pub upgraded_idle: Duration,

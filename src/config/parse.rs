@@ -75,6 +75,7 @@ struct RawTimeouts {
     idle: Option<Spanned<String>>,
     upstream_idle: Option<Spanned<String>>,
     shutdown_grace: Option<Spanned<String>>,
+    shutdown_delay: Option<Spanned<String>>,
     upgraded_idle: Option<Spanned<String>>,
 }
 
@@ -600,6 +601,7 @@ fn timeouts(at: &At<'_>, raw: Option<RawTimeouts>) -> Result<Timeouts, ConfigErr
         idle: None,
         upstream_idle: None,
         shutdown_grace: None,
+        shutdown_delay: None,
         upgraded_idle: None,
     });
     let d = |v: &Option<Spanned<String>>, name: &str, default: u64, zero_ok: bool| {
@@ -614,6 +616,7 @@ fn timeouts(at: &At<'_>, raw: Option<RawTimeouts>) -> Result<Timeouts, ConfigErr
         idle: d(&raw.idle, "idle", 60, false)?,
         upstream_idle: d(&raw.upstream_idle, "upstream_idle", 60, false)?,
         shutdown_grace: d(&raw.shutdown_grace, "shutdown_grace", 30, true)?,
+        shutdown_delay: d(&raw.shutdown_delay, "shutdown_delay", 0, true)?,
         upgraded_idle: d(&raw.upgraded_idle, "upgraded_idle", 3600, false)?,
     })
 }

@@ -25,6 +25,20 @@ use tokio::time::Instant;
 pub struct Admin {
     pub router: Arc<Router>,
     pub metrics: Arc<Metrics>,
+    /// Set when a shutdown begins: `/healthz` answers 503 from then on, so
+    /// a load balancer or Kubernetes Service stops sending traffic. An
+    /// atomic: the signal handler sets it, admin requests read it.
+    pub draining: AtomicBool,
+}
+
+impl Admin {
+    pub fn new(router: Arc<Router>, metrics: Arc<Metrics>) -> Self {
+        Admin {
+            router,
+            metrics,
+            draining: AtomicBool::new(false),
+        }
+    }
 }
 
 pub use crate::config::MAX_ADMIN_CONNECTIONS;
@@ -140,6 +154,9 @@ impl Admin {
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
                 );
                 r
+            }
+            "/healthz" if self.draining.load(Ordering::Relaxed) => {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
             }
             "/healthz" => text(StatusCode::OK, "ok\n".into()),
             "/ring" => json(&self.ring()),

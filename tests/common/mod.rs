@@ -355,10 +355,10 @@ pub async fn start_proxy_with(
     let addr = listener.local_addr().expect("proxy addr");
     let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
     let admin = admin_listener.local_addr().expect("admin addr");
-    let admin_state = Arc::new(stickylb::control::admin::Admin {
-        router: router.clone(),
-        metrics: metrics.clone(),
-    });
+    let admin_state = Arc::new(stickylb::control::admin::Admin::new(
+        router.clone(),
+        metrics.clone(),
+    ));
     let tasks = vec![
         tokio::spawn(async move {
             stickylb::http::server::run_with(listener, proxy, transport, std::future::pending())
