@@ -169,3 +169,23 @@ async fn at_the_backend_connection_cap_a_request_waits_then_gets_503_backend_bus
         Some(4.0)
     );
 }
+
+#[tokio::test]
+async fn metrics_include_build_info_and_the_process() {
+    let (_backend, proxy) = proxy_with("").await;
+    let m = proxy.metrics_text().await;
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        metric(&m, &format!("stickylb_build_info{{version=\"{version}\"}}")),
+        Some(1.0)
+    );
+    assert!(metric(&m, "process_cpu_seconds_total").is_some(), "{m}");
+    for name in [
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(metric(&m, name).is_some_and(|v| v > 0.0), "{name}:\n{m}");
+    }
+}

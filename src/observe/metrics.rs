@@ -50,6 +50,9 @@ pub const REMAP_REASONS: [&str; 3] = ["ring_change", "failover", "overload"];
 
 pub struct Metrics {
     registry: Registry,
+    /// The standard `process_*` metrics (CPU, memory, open descriptors and
+    /// their limit, start time), unprefixed as every exporter names them.
+    process: Registry,
     requests: IntCounterVec,
     duration: HistogramVec,
     upstream_errors: IntCounterVec,
@@ -107,6 +110,21 @@ impl Metrics {
         let registry = Registry::new_custom(Some("stickylb".into()), None)
             .expect("a constant prefix is valid");
         let opts = |name: &str, help: &str| Opts::new(name, help);
+        let process = Registry::new();
+        #[cfg(target_os = "linux")]
+        if let Err(e) = process.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )) {
+            tracing::warn!("process metrics unavailable: {e}");
+        }
+        let build_info = IntGaugeVec::new(
+            opts("build_info", "1, labelled with the running version."),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         let requests = IntCounterVec::new(
             opts(
                 "requests_total",
@@ -216,6 +234,7 @@ impl Metrics {
         .expect("valid metric");
         for c in [
             Box::new(proxy_responses.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(build_info),
             Box::new(requests.clone()),
             Box::new(duration.clone()),
             Box::new(upstream_errors.clone()),
@@ -245,6 +264,7 @@ impl Metrics {
         }
         Metrics {
             registry,
+            process,
             requests,
             duration,
             upstream_errors,
@@ -321,7 +341,9 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut buf = Vec::with_capacity(8192);
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
+        if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
             tracing::error!("encoding metrics failed: {e}");
         }
         String::from_utf8(buf).unwrap_or_default()
