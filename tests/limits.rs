@@ -189,3 +189,59 @@ async fn metrics_include_build_info_and_the_process() {
         assert!(metric(&m, name).is_some_and(|v| v > 0.0), "{name}:\n{m}");
     }
 }
+
+#[tokio::test]
+async fn every_response_is_counted_parser_rejections_and_connections_included() {
+    let (_backend, proxy) = proxy_with("").await;
+    let client = client();
+    for path in ["/a", "/b"] {
+        assert_eq!(send(&client, get(proxy.addr, path, &[])).await.status, 200);
+    }
+    // Refused by the proxy (no Host), by hyper's parser (garbage, and a
+    // head over the limit).
+    let refused = common::recording::raw_exchange(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert!(String::from_utf8_lossy(&refused.await).starts_with("HTTP/1.1 400"));
+    let garbage =
+        common::recording::raw_exchange(proxy.addr, b"GARBAGE\r\n\r\n", Duration::from_secs(5));
+    assert!(String::from_utf8_lossy(&garbage.await).starts_with("HTTP/1.1 400"));
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "x".repeat(40_000)
+    );
+    let too_large =
+        common::recording::raw_exchange(proxy.addr, huge.as_bytes(), Duration::from_secs(5));
+    assert!(String::from_utf8_lossy(&too_large.await).starts_with("HTTP/1.1 431"));
+    drop(client);
+    let m = proxy.metrics_text().await;
+    let count = |series: &str| metric(&m, series).unwrap_or(-1.0);
+    assert_eq!(
+        count("stickylb_responses_total{code_class=\"2xx\"}"),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        count("stickylb_responses_total{code_class=\"4xx\"}"),
+        3.0,
+        "{m}"
+    );
+    assert_eq!(
+        count("stickylb_proxy_responses_total{cause=\"bad_request\"}"),
+        2.0
+    );
+    assert_eq!(
+        count("stickylb_proxy_responses_total{cause=\"header_too_large\"}"),
+        1.0
+    );
+    assert!(
+        count("stickylb_connections_total{listener=\"http\"}") >= 4.0,
+        "{m}"
+    );
+    assert!(
+        count("stickylb_connections_total{listener=\"admin\"}") >= 1.0,
+        "{m}"
+    );
+}

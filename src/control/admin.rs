@@ -51,6 +51,7 @@ pub async fn run(listener: TcpListener, admin: Arc<Admin>, shutdown: impl Future
     tokio::pin!(shutdown);
     // A semaphore: a place per open connection, moved into its task.
     let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    let counted = admin.metrics.listener("admin");
     loop {
         let permit = tokio::select! {
             () = &mut shutdown => break,
@@ -76,7 +77,14 @@ pub async fn run(listener: TcpListener, admin: Arc<Admin>, shutdown: impl Future
             header_read: timeouts.client_header_read,
             idle: timeouts.idle,
         };
-        tokio::spawn(serve(admin.clone(), stream, peer, deadlines, permit));
+        counted.total.inc();
+        counted.open.inc();
+        let open = counted.open.clone();
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            serve(admin, stream, peer, deadlines, permit).await;
+            open.dec();
+        });
     }
 }
 

@@ -82,6 +82,8 @@ pub struct Proxy {
     overload: IntCounter,
     /// `proxy_responses_total` children, in `PROXY_RESPONSE_CAUSES` order.
     proxy_responses: [IntCounter; PROXY_RESPONSE_CAUSES.len()],
+    /// `responses_total` children, by status class (1xx..5xx).
+    responses: [IntCounter; 5],
 }
 
 /// What the pick phase decided, carried to the later phases.
@@ -133,6 +135,7 @@ impl Proxy {
         let proxy_responses = PROXY_RESPONSE_CAUSES.map(|c| metrics.proxy_response(c));
         Proxy {
             proxy_responses,
+            responses: metrics.responses(),
             key_rejected: metrics.key_source("rejected"),
             ring_change: metrics.remapped("ring_change"),
             failover: metrics.remapped("failover"),
@@ -177,6 +180,7 @@ impl Proxy {
                     // The body is not read: the connection cannot go on.
                     close_connection(&mut resp);
                 }
+                self.sent(resp.status().as_u16());
                 return resp;
             }
         };
@@ -276,6 +280,7 @@ impl Proxy {
             set_cookie(resp.headers_mut(), cookie, id, conn.scheme == "https");
         }
         let status = resp.status().as_u16();
+        self.sent(status);
         if backends_answer {
             backend.metrics.request(status);
             backend
@@ -296,6 +301,28 @@ impl Proxy {
             entry.write(log.format);
         }
         resp
+    }
+
+    /// Counts a response sent to a client in `responses_total`.
+    fn sent(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.responses[class].inc();
+    }
+
+    /// Counts an answer hyper's HTTP/1 parser made itself when it refused
+    /// a request head: 431 for one too large, 400 for any other fault.
+    pub fn parser_rejected(&self, e: &hyper::Error) {
+        let (status, cause) = if e.is_parse_too_large() {
+            (431, "header_too_large")
+        } else if e.is_parse() {
+            (400, "bad_request")
+        } else {
+            return;
+        };
+        if let Some(i) = PROXY_RESPONSE_CAUSES.iter().position(|c| *c == cause) {
+            self.proxy_responses[i].inc();
+        }
+        self.sent(status);
     }
 
     /// The proxy's own answer for `e`, counted by cause.

@@ -63,6 +63,10 @@ pub async fn run_with(
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     // An atomic: connection tasks on every worker thread update it.
     let open = Arc::new(AtomicUsize::new(0));
+    let counted = proxy.metrics().listener(match transport {
+        Transport::Plain => "http",
+        Transport::Tls => "https",
+    });
     // A semaphore: at `max_connections` the loop stops accepting (clients
     // wait in the kernel's accept queue) and existing connections go on.
     let max = proxy.router().load().limits.max_connections;
@@ -96,11 +100,12 @@ pub async fn run_with(
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    counted.total.inc();
                     let conn = Connection {
                         proxy: proxy.clone(),
                         phase: phase_rx.clone(),
                         _done: done_tx.clone(),
-                        _open: OpenGuard::new(&open),
+                        _open: OpenGuard::new(&open, &counted.open),
                         _slot: permit,
                     };
                     tokio::spawn(conn.serve(stream, peer, transport));
@@ -265,6 +270,9 @@ impl Connection {
                 res = conn.as_mut() => {
                     if let Err(e) = res {
                         tracing::debug!(%peer, "connection ended: {e}");
+                        if let Some(e) = e.downcast_ref::<hyper::Error>() {
+                            self.proxy.parser_rejected(e);
+                        }
                     }
                     return;
                 }
@@ -331,19 +339,22 @@ impl FdBudget {
     }
 }
 
-/// Counts a connection as open while alive.
-struct OpenGuard(Arc<AtomicUsize>);
+/// Counts a connection as open while alive (for the drain, and in
+/// `connections_open`).
+struct OpenGuard(Arc<AtomicUsize>, prometheus::IntGauge);
 
 impl OpenGuard {
-    fn new(open: &Arc<AtomicUsize>) -> Self {
+    fn new(open: &Arc<AtomicUsize>, gauge: &prometheus::IntGauge) -> Self {
         open.fetch_add(1, Ordering::Relaxed);
-        OpenGuard(open.clone())
+        gauge.inc();
+        OpenGuard(open.clone(), gauge.clone())
     }
 }
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+        self.1.dec();
     }
 }
 

@@ -71,6 +71,16 @@ pub struct Metrics {
     remapped: IntCounterVec,
     key_source: IntCounterVec,
     proxy_responses: IntCounterVec,
+    responses: IntCounterVec,
+    connections_open: IntGaugeVec,
+    connections_total: IntCounterVec,
+}
+
+/// One listener's connection metrics (`http`, `https`, `admin`).
+#[derive(Clone)]
+pub struct ListenerMetrics {
+    pub open: IntGauge,
+    pub total: IntCounter,
 }
 
 /// One backend's metric children, resolved at rebuild.
@@ -232,8 +242,32 @@ impl Metrics {
             &["cause"],
         )
         .expect("valid metric");
+        let responses = IntCounterVec::new(
+            opts(
+                "responses_total",
+                "Every response sent to a client, whoever made it (backend or proxy, parser rejections included).",
+            ),
+            &["code_class"],
+        )
+        .expect("valid metric");
+        let connections_open = IntGaugeVec::new(
+            opts("connections_open", "Open client connections, by listener."),
+            &["listener"],
+        )
+        .expect("valid metric");
+        let connections_total = IntCounterVec::new(
+            opts(
+                "connections_total",
+                "Accepted client connections, by listener.",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(proxy_responses.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(responses.clone()),
+            Box::new(connections_open.clone()),
+            Box::new(connections_total.clone()),
             Box::new(build_info),
             Box::new(requests.clone()),
             Box::new(duration.clone()),
@@ -262,6 +296,9 @@ impl Metrics {
         for c in PROXY_RESPONSE_CAUSES {
             proxy_responses.with_label_values(&[c]);
         }
+        for c in CODE_CLASSES {
+            responses.with_label_values(&[c]);
+        }
         Metrics {
             registry,
             process,
@@ -281,6 +318,9 @@ impl Metrics {
             remapped,
             key_source,
             proxy_responses,
+            responses,
+            connections_open,
+            connections_total,
         }
     }
 
@@ -317,6 +357,19 @@ impl Metrics {
     /// The `key_source_total` child for a label of `KEY_SOURCES`.
     pub fn key_source(&self, source: &str) -> IntCounter {
         self.key_source.with_label_values(&[source])
+    }
+
+    /// The `responses_total` children, indexed like `CODE_CLASSES`.
+    pub fn responses(&self) -> [IntCounter; 5] {
+        CODE_CLASSES.map(|c| self.responses.with_label_values(&[c]))
+    }
+
+    /// The connection metrics of listener `name` (`http`, `https`, `admin`).
+    pub fn listener(&self, name: &str) -> ListenerMetrics {
+        ListenerMetrics {
+            open: self.connections_open.with_label_values(&[name]),
+            total: self.connections_total.with_label_values(&[name]),
+        }
     }
 
     /// The `proxy_responses_total` child for a label of `PROXY_RESPONSE_CAUSES`.
