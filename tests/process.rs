@@ -98,6 +98,13 @@ impl Running {
         }
     }
 
+    /// Waits for the process to exit (off the async threads); its exit code.
+    async fn exit_code(mut self) -> Option<i32> {
+        tokio::task::spawn_blocking(move || self.child.wait().expect("wait").code())
+            .await
+            .expect("wait task")
+    }
+
     /// Every log line read so far or waiting now.
     fn log_so_far(&mut self) -> Vec<String> {
         while let Ok(line) = self.stderr.try_recv() {
@@ -201,14 +208,7 @@ async fn sighup_reloads_access_log_and_sigterm_drains() {
     run.wait_log("SIGTERM received");
     let reply = slow.await.unwrap();
     assert_eq!(reply.status, StatusCode::OK);
-    let status = tokio::task::spawn_blocking(move || {
-        let status = run.child.wait().expect("wait");
-        drop(run);
-        status
-    })
-    .await
-    .unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(run.exit_code().await, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -324,12 +324,5 @@ async fn on_sigterm_healthz_says_draining_while_the_proxy_serves_for_shutdown_de
     );
     let r = send(&client, get(proxy, "/", &[("x-client-id", "late")])).await;
     assert_eq!(r.status, StatusCode::OK, "served during shutdown_delay");
-    let status = tokio::task::spawn_blocking(move || {
-        let status = run.child.wait().expect("wait");
-        drop(run);
-        status
-    })
-    .await
-    .unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(run.exit_code().await, Some(0));
 }
