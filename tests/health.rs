@@ -355,3 +355,50 @@ async fn max_connections_makes_new_clients_wait_not_fail() {
         .unwrap();
     assert_eq!(r.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn ring_lookup_names_who_serves_a_key_while_its_owner_is_down() {
+    let pool = spawn_backends(3).await;
+    let refs: Vec<_> = pool.iter().collect();
+    for algorithm in ["ring", "maglev", "rendezvous"] {
+        let proxy = spawn_proxy(&config_text(
+            &refs,
+            &format!("algorithm = \"{algorithm}\""),
+            "",
+        ))
+        .await;
+        let client = client();
+        let lookup = |key: &str| {
+            let client = client.clone();
+            let url = format!("/ring/lookup?key={key}");
+            let admin = proxy.admin;
+            async move {
+                let text = send(&client, get(admin, &url, &[])).await.text();
+                serde_json::from_str::<serde_json::Value>(&text).expect("json")
+            }
+        };
+        let before = lookup("alice").await;
+        let owner = before["owner"].as_str().expect("owner").to_string();
+        assert_eq!(before["backend"], owner.as_str(), "{algorithm}");
+        assert_eq!(before["preference"][0], owner.as_str(), "{algorithm}");
+        assert_eq!(before["preference"].as_array().map(Vec::len), Some(3));
+        // The owner goes down (one failed check is enough with fall = 1).
+        let snap = proxy.router.load();
+        let down = snap
+            .backends
+            .iter()
+            .find(|b| *b.name == owner)
+            .expect("owner");
+        assert!(down.health.failure(1).is_some());
+        proxy.router.health_changed();
+        let during = lookup("alice").await;
+        let served = backend_for(&client, proxy.addr, "alice").await;
+        assert_eq!(during["owner"], owner.as_str(), "{algorithm}");
+        assert_eq!(
+            during["backend"],
+            served.as_str(),
+            "{algorithm}: lookup agrees with the proxy"
+        );
+        assert_ne!(served, owner, "{algorithm}");
+    }
+}

@@ -210,11 +210,16 @@ impl Admin {
     fn lookup(&self, key: &str) -> serde_json::Value {
         let snap = self.router.load();
         let hash = snap.ring.hash(key.as_bytes());
-        let owner = &*snap.backends[snap.ring.owner(hash)].name;
+        let name = |i: usize| &*snap.backends[i].name;
+        let owner = name(snap.ring.owner(hash));
+        let preference: Vec<&str> = snap.ring.preference(hash).take(3).map(name).collect();
         serde_json::json!({
             "key": key,
-            "backend": owner,
+            // Who serves it now: the owner, or the failover pick while the
+            // owner is down (null when every backend is down).
+            "backend": snap.serving(hash).map(name),
             "owner": owner,
+            "preference": preference,
             "position": hash,
             "degrees": degrees(hash),
         })

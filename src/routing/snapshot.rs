@@ -240,6 +240,21 @@ impl Snapshot {
         })
     }
 
+    /// The backend that serves `hash` now, by health alone (no load is
+    /// counted): the owner while healthy, else the one failover picks;
+    /// `None` when every backend is down.
+    pub fn serving(&self, hash: u64) -> Option<usize> {
+        let owner = self.ring.owner(hash);
+        if self.backends[owner].health.is_healthy() {
+            return Some(owner);
+        }
+        self.failover_owner(hash).or_else(|| {
+            self.ring
+                .preference(hash)
+                .find(|&i| self.backends[i].health.is_healthy())
+        })
+    }
+
     /// Maglev's failover owner: the key's owner in the table rebuilt without
     /// the backends that are down. `None` for the other algorithms, whose
     /// preference order already is that (and when every backend is down).
