@@ -42,10 +42,6 @@ fn lines(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
 }
 
 impl Running {
-    fn start(config: &std::path::Path) -> Self {
-        Self::start_with_open_files(config, None)
-    }
-
     /// With `open_files`, the process runs under that open-files limit
     /// (soft and hard), set by `prlimit` before it starts.
     fn start_with_open_files(config: &std::path::Path, open_files: Option<u64>) -> Self {
@@ -128,17 +124,22 @@ fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_reloads_access_log_and_sigterm_drains() {
-    let backends = spawn_backends(2).await;
+/// A `stickylb run` process on free loopback ports in front of
+/// `backends`, with `extra` config sections, under an open-files limit of
+/// `open_files` if given; its config directory lives as long as it.
+struct Launched {
+    run: Running,
+    proxy: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+fn launch(backends: &[&TestBackend], extra: &str, open_files: Option<u64>) -> Launched {
     let (port, admin_port) = (free_port(), free_port());
-    let mut text = String::new();
-    text.push_str(&format!(
-        "[listen]\naddress = \"127.0.0.1:{port}\"\n[admin]\naddress = \"127.0.0.1:{admin_port}\"\n"
-    ));
-    text.push_str("[log]\naccess = true\nformat = \"json\"\n");
-    text.push_str("[timeouts]\nshutdown_grace = \"5s\"\n");
-    for b in &backends {
+    let mut text = format!(
+        "[listen]\naddress = \"127.0.0.1:{port}\"\n[admin]\naddress = \"127.0.0.1:{admin_port}\"\n{extra}\n"
+    );
+    for b in backends {
         text.push_str(&format!(
             "[[backend]]\nname = \"{}\"\naddress = \"{}\"\n",
             b.name, b.addr
@@ -147,9 +148,28 @@ async fn sighup_reloads_access_log_and_sigterm_drains() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml");
     std::fs::write(&path, &text).unwrap();
-    let mut run = Running::start(&path);
-    let proxy: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    Launched {
+        run: Running::start_with_open_files(&path, open_files),
+        proxy: format!("127.0.0.1:{port}").parse().unwrap(),
+        admin: format!("127.0.0.1:{admin_port}").parse().unwrap(),
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_access_log_and_sigterm_drains() {
+    let backends = spawn_backends(2).await;
+    let refs: Vec<_> = backends.iter().collect();
+    let Launched {
+        mut run,
+        proxy,
+        admin,
+        _dir,
+    } = launch(
+        &refs,
+        "[log]\naccess = true\nformat = \"json\"\n[timeouts]\nshutdown_grace = \"5s\"",
+        None,
+    );
     let client = client();
 
     // Access log: one JSON line per request on stdout.
@@ -214,22 +234,18 @@ async fn sighup_reloads_access_log_and_sigterm_drains() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_file_descriptors_is_local_and_no_backend_goes_down() {
     let backend = spawn_backend("b1").await;
-    let (port, admin_port) = (free_port(), free_port());
-    let text = format!(
-        "[listen]\naddress = \"127.0.0.1:{port}\"\n[admin]\naddress = \"127.0.0.1:{admin_port}\"\n\
-         [health]\ninterval = \"200ms\"\nfall = 2\n\
-         [timeouts]\nconnect = \"5s\"\n\
-         [[backend]]\nname = \"b1\"\naddress = \"{}\"\n",
-        backend.addr
+    let Launched {
+        mut run,
+        proxy,
+        admin,
+        _dir,
+    } = launch(
+        &[&backend],
+        "[health]\ninterval = \"200ms\"\nfall = 2\n[timeouts]\nconnect = \"5s\"",
+        Some(300),
     );
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.toml");
-    std::fs::write(&path, &text).unwrap();
-    let mut run = Running::start_with_open_files(&path, Some(300));
     let line = run.wait_log("does not fit in the open files limit of 300");
     assert!(line.contains("at most 43 client connections"), "{line}");
-    let proxy: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
 
     // 3 HTTP/2 connections × 200 streams to a slow endpoint: more backend
     // connections than the process has descriptors. (The connect timeout
@@ -297,19 +313,16 @@ async fn out_of_file_descriptors_is_local_and_no_backend_goes_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_sigterm_healthz_says_draining_while_the_proxy_serves_for_shutdown_delay() {
     let backend = spawn_backend("b1").await;
-    let (port, admin_port) = (free_port(), free_port());
-    let text = format!(
-        "[listen]\naddress = \"127.0.0.1:{port}\"\n[admin]\naddress = \"127.0.0.1:{admin_port}\"\n\
-         [timeouts]\nshutdown_delay = \"1500ms\"\nshutdown_grace = \"5s\"\n\
-         [[backend]]\nname = \"b1\"\naddress = \"{}\"\n",
-        backend.addr
+    let Launched {
+        mut run,
+        proxy,
+        admin,
+        _dir,
+    } = launch(
+        &[&backend],
+        "[timeouts]\nshutdown_delay = \"1500ms\"\nshutdown_grace = \"5s\"",
+        None,
     );
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.toml");
-    std::fs::write(&path, &text).unwrap();
-    let mut run = Running::start(&path);
-    let proxy: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     let client = client();
     let r = send(&client, get(admin, "/healthz", &[])).await;
     assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "ok\n"));

@@ -46,6 +46,17 @@ async fn forwarded(request: &str) -> (Recorded, RecordingBackend) {
     (seen, backend)
 }
 
+/// A plain GET as a client sends it.
+const GET: &str = "GET / HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\n\r\n";
+
+/// A proxy in front of a backend that answers every request with the bytes
+/// `answer` (keeping the connection), and the response a plain GET gets.
+async fn answered(answer: &'static str) -> (RecordingBackend, TestProxy, RawResponse) {
+    let (backend, proxy) = behind_proxy(fixed(answer, false), "").await;
+    let r = exchange(proxy.addr, GET).await;
+    (backend, proxy, r)
+}
+
 fn upstream_errors(metrics: &str, kind: &str) -> f64 {
     metric(
         metrics,
@@ -414,19 +425,8 @@ async fn idle_pooled_connections_close_after_upstream_idle() {
 
 #[tokio::test]
 async fn pooled_connection_closes_before_the_backends_keep_alive_timeout() {
-    let (backend, proxy) = behind_proxy(
-        fixed(
-            "HTTP/1.1 200 OK\r\nKeep-Alive: timeout=2\r\nContent-Length: 2\r\n\r\nok",
-            false,
-        ),
-        "",
-    )
-    .await;
-    let r = exchange(
-        proxy.addr,
-        "GET / HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\n\r\n",
-    )
-    .await;
+    let (backend, _proxy, r) =
+        answered("HTTP/1.1 200 OK\r\nKeep-Alive: timeout=2\r\nContent-Length: 2\r\n\r\nok").await;
     assert_eq!(r.status_line(), "HTTP/1.1 200 OK");
     assert!(!r.head.to_ascii_lowercase().contains("keep-alive"));
     // The backend never closes; the proxy must, before the 2 s it announced.
@@ -451,11 +451,7 @@ async fn trailers_reach_http11_clients_that_accept_them_rfc9110_6_5() {
     assert_eq!(backend.wait_requests(1).await[0].header("te"), ["trailers"]);
 
     // Without `TE: trailers` the body arrives whole, the trailers do not.
-    let r = exchange(
-        proxy.addr,
-        "GET / HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\n\r\n",
-    )
-    .await;
+    let r = exchange(proxy.addr, GET).await;
     assert_eq!(r.body, b"hello world");
     assert!(r.trailers.is_empty());
     assert!(backend.wait_requests(2).await[1].header("te").is_empty());
@@ -487,7 +483,7 @@ async fn http10_backend_response_reaches_the_client_as_http11_and_keeps_it_alive
     let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
     let mut buf = Vec::new();
     for _ in 0..2 {
-        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\n\r\n")
+        s.write_all(GET.as_bytes())
             .await
             .expect("write on the same connection");
         let r = read_response(&mut s, &mut buf, false).await;
@@ -499,38 +495,16 @@ async fn http10_backend_response_reaches_the_client_as_http11_and_keeps_it_alive
 
 #[tokio::test]
 async fn unasked_101_is_502() {
-    let (_backend, proxy) = behind_proxy(
-        fixed(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n",
-            false,
-        ),
-        "",
-    )
-    .await;
-    let r = exchange(
-        proxy.addr,
-        "GET / HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\n\r\n",
-    )
-    .await;
+    let (_backend, _proxy, r) =
+        answered("HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n")
+            .await;
     assert_eq!(r.status_line(), "HTTP/1.1 502 Bad Gateway");
     assert!(String::from_utf8_lossy(&r.body).contains("switched protocols"));
 }
 
 #[tokio::test]
 async fn content_length_with_chunked_reaches_the_client_whole_rfc9112_6_3() {
-    let (_backend, proxy) = behind_proxy(
-        fixed(
-            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n0\r\n\r\n",
-            false,
-        ),
-        "",
-    )
-    .await;
-    let r = exchange(
-        proxy.addr,
-        "GET / HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\n\r\n",
-    )
-    .await;
+    let (_backend, _proxy, r) = answered("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n0\r\n\r\n").await;
     assert_eq!(r.status_line(), "HTTP/1.1 200 OK");
     assert_eq!(r.body, b"0123456789");
     assert!(!r.head.to_ascii_lowercase().contains("content-length: 3"));
