@@ -125,11 +125,11 @@ fn check(path: &Path) -> Result<(), Failure> {
         eprintln!("stickylb: warning: {w}");
     }
     let algorithm = match config.routing.algorithm {
-        config::AlgorithmConfig::Ring { vnodes } => format!("ring ({vnodes} vnodes per weight)"),
-        config::AlgorithmConfig::Maglev { table_size } => {
+        config::Algorithm::Ring { vnodes } => format!("ring ({vnodes} vnodes per weight)"),
+        config::Algorithm::Maglev { table_size } => {
             format!("maglev (table size {table_size})")
         }
-        config::AlgorithmConfig::Rendezvous => "rendezvous".to_string(),
+        config::Algorithm::Rendezvous => "rendezvous".to_string(),
     };
     out!(
         "{}: ok, {} backends, algorithm {algorithm}, seed {}, fingerprint {:016x}",

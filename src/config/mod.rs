@@ -7,6 +7,8 @@ use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::ring::Algorithm;
+
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -108,7 +110,7 @@ pub struct Routing {
     /// Key sources, tried in order.
     pub key: Vec<KeySource>,
     pub missing_key: MissingKey,
-    pub algorithm: AlgorithmConfig,
+    pub algorithm: Algorithm,
     pub seed: u64,
     /// Bounded loads: no backend takes more than this × the mean in-flight load.
     pub balance_factor: Option<f64>,
@@ -142,25 +144,6 @@ pub enum MissingKey {
     ClientIp,
     Random,
     Reject,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AlgorithmConfig {
-    Ring { vnodes: u32 },
-    Maglev { table_size: u32 },
-    Rendezvous,
-}
-
-impl AlgorithmConfig {
-    /// The ring algorithm this describes.
-    pub fn algorithm(self) -> crate::ring::Algorithm {
-        use crate::ring::Algorithm;
-        match self {
-            AlgorithmConfig::Ring { vnodes } => Algorithm::Ring { vnodes },
-            AlgorithmConfig::Maglev { table_size } => Algorithm::Maglev { table_size },
-            AlgorithmConfig::Rendezvous => Algorithm::Rendezvous,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -218,8 +201,12 @@ impl std::error::Error for ConfigError {}
 pub const DEFAULT_VNODES: u32 = 160;
 /// The Maglev table size when `routing.table_size` is not set (a prime).
 pub const DEFAULT_TABLE_SIZE: u32 = crate::ring::DEFAULT_TABLE_SIZE;
-/// vnodes × total weight may not exceed this (mirrors the ring's own bound).
-pub const MAX_RING_POINTS: u64 = crate::ring::MAX_POINTS;
+/// `listen.address` when not set.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
+/// `admin.address` when not set.
+pub const DEFAULT_ADMIN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9090);
 
 /// Admin connections open at once at most; past it, new ones wait in the
 /// kernel's accept queue, so no flood of idle admin clients can use up the

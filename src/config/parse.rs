@@ -1,558 +1,459 @@
-//! The file as written: private serde structures with spans, read into
-//! the validated types of `config`, each error placed by line and column.
+//! The file as written: private serde structures whose newtypes check each
+//! value as `toml` reads it, so every such error carries the value's span
+//! and key path; `check` then applies the rules that look across fields.
 
-use super::check::check_table_size;
 use super::*;
 use serde::Deserialize;
-use std::collections::HashMap;
 use std::ops::Range;
 use toml::Spanned;
 
+const MAX_POINTS: i64 = crate::ring::MAX_POINTS as i64;
+
 // ---- the file as written ----------------------------------------------
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFile {
-    listen: Option<RawListen>,
-    admin: Option<RawAdmin>,
-    routing: Option<RawRouting>,
-    timeouts: Option<RawTimeouts>,
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawFile {
+    pub listen: RawListen,
+    pub admin: RawAdmin,
+    pub routing: RawRouting,
+    timeouts: RawTimeouts,
     health: Option<RawHealth>,
-    limits: Option<RawLimits>,
-    log: Option<RawLog>,
-    #[serde(default)]
-    backend: Vec<Spanned<RawBackend>>,
+    limits: RawLimits,
+    log: RawLog,
+    pub backend: Vec<RawBackend>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawListen {
+    pub address: Option<Addr>,
+    pub tls: Option<RawTls>,
+    pub tls_address: Option<Spanned<Addr>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawListen {
-    address: Option<Spanned<String>>,
-    tls: Option<Spanned<RawTls>>,
-    tls_address: Option<Spanned<String>>,
+pub(super) struct RawTls {
+    cert: Spanned<FilePath>,
+    key: Spanned<FilePath>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTls {
-    cert: Spanned<String>,
-    key: Spanned<String>,
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawAdmin {
+    pub address: Option<Addr>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawRouting {
+    key: Option<Vec<Key>>,
+    missing_key: RawMissingKey,
+    pub algorithm: Option<Spanned<RawAlgorithm>>,
+    pub vnodes: Option<Spanned<Int<1, MAX_POINTS, { DEFAULT_VNODES as i64 }>>>,
+    pub table_size: Option<Spanned<Int<2, MAX_POINTS, { DEFAULT_TABLE_SIZE as i64 }>>>,
+    seed: Int<0, { i64::MAX }, 0>,
+    balance_factor: Option<Factor>,
+    sticky_cookie: Option<RawStickyCookie>,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+enum RawMissingKey {
+    #[default]
+    ClientIp,
+    Random,
+    Reject,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+pub(super) enum RawAlgorithm {
+    Ring,
+    Maglev,
+    Rendezvous,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStickyCookie {
-    name: Spanned<String>,
-    max_age: Option<Spanned<String>>,
+    name: Token,
+    #[serde(default)]
+    max_age: Dur<{ DEFAULT_COOKIE_MAX_AGE.as_millis() as u64 }>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAdmin {
-    address: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRouting {
-    key: Option<Vec<Spanned<String>>>,
-    missing_key: Option<Spanned<String>>,
-    algorithm: Option<Spanned<String>>,
-    vnodes: Option<Spanned<i64>>,
-    seed: Option<Spanned<i64>>,
-    table_size: Option<Spanned<i64>>,
-    balance_factor: Option<Spanned<f64>>,
-    sticky_cookie: Option<Spanned<RawStickyCookie>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
 struct RawTimeouts {
-    connect: Option<Spanned<String>>,
-    response_headers: Option<Spanned<String>>,
-    client_header_read: Option<Spanned<String>>,
-    client_body_read: Option<Spanned<String>>,
-    idle: Option<Spanned<String>>,
-    upstream_idle: Option<Spanned<String>>,
-    shutdown_grace: Option<Spanned<String>>,
-    shutdown_delay: Option<Spanned<String>>,
-    upgraded_idle: Option<Spanned<String>>,
+    connect: Dur<1_000>,
+    response_headers: Dur<30_000>,
+    client_header_read: Dur<10_000>,
+    client_body_read: Dur<60_000>,
+    idle: Dur<60_000>,
+    upstream_idle: Dur<60_000>,
+    shutdown_grace: Dur<30_000, 0>,
+    shutdown_delay: Dur<0, 0>,
+    upgraded_idle: Dur<3_600_000>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Probes at most every 100 ms: shorter would only pin a core.
+const MIN_INTERVAL_NS: u64 = MIN_HEALTH_INTERVAL.as_nanos() as u64;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
 struct RawHealth {
-    path: Option<Spanned<String>>,
-    interval: Option<Spanned<String>>,
-    timeout: Option<Spanned<String>>,
-    fall: Option<Spanned<i64>>,
-    rise: Option<Spanned<i64>>,
+    path: Option<AbsolutePath>,
+    interval: Dur<2_000, MIN_INTERVAL_NS>,
+    timeout: Dur<500>,
+    fall: Int<1, 1000, 3>,
+    rise: Int<1, 1000, 2>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
 struct RawLimits {
-    max_connections: Option<Spanned<i64>>,
-    max_request_header_bytes: Option<Spanned<i64>>,
-    max_backend_connections: Option<Spanned<i64>>,
+    max_connections: Int<1, 10_000_000, 20_000>,
+    max_request_header_bytes: Int<{ MIN_HEADER_BYTES as i64 }, { MAX_HEADER_BYTES as i64 }, 16_384>,
+    max_backend_connections: Int<1, 1_000_000, 1024>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
 struct RawLog {
-    access: Option<bool>,
-    format: Option<Spanned<String>>,
+    access: bool,
+    format: RawFormat,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+enum RawFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawBackend {
-    name: Spanned<String>,
-    address: Spanned<String>,
-    weight: Option<Spanned<i64>>,
+pub(super) struct RawBackend {
+    pub name: Spanned<Name>,
+    pub address: Spanned<HostPort>,
+    #[serde(default)]
+    pub weight: Int<1, { u32::MAX as i64 }, 1>,
 }
 
-// ---- parsing ------------------------------------------------------------
+// ---- values checked as they are read ------------------------------------
+//
+// Each newtype's error message is appended to the key path `toml` reports
+// ("health.fall" + " must be from 1 to 1000, not 0"): messages start with a
+// space or a colon accordingly.
+
+/// An integer in `MIN..=MAX`, `DEFAULT` when absent.
+#[derive(Deserialize, Clone, Copy)]
+#[serde(try_from = "i64")]
+pub(super) struct Int<const MIN: i64, const MAX: i64, const DEFAULT: i64>(pub i64);
+
+impl<const MIN: i64, const MAX: i64, const DEFAULT: i64> Default for Int<MIN, MAX, DEFAULT> {
+    fn default() -> Self {
+        Int(DEFAULT)
+    }
+}
+
+impl<const MIN: i64, const MAX: i64, const DEFAULT: i64> TryFrom<i64> for Int<MIN, MAX, DEFAULT> {
+    type Error = String;
+    fn try_from(v: i64) -> Result<Self, String> {
+        if (MIN..=MAX).contains(&v) {
+            Ok(Int(v))
+        } else {
+            Err(format!(" must be from {MIN} to {MAX}, not {v}"))
+        }
+    }
+}
+
+impl<const MIN: i64, const MAX: i64, const D: i64> Int<MIN, MAX, D> {
+    fn get<T: TryFrom<i64>>(self) -> T {
+        // In range by construction, and every range fits its target type.
+        T::try_from(self.0).unwrap_or_else(|_| unreachable!("{} fits", self.0))
+    }
+}
+
+/// A duration like "500ms", "2s" or "1m": at least `MIN_NS` nanoseconds
+/// (1: nonzero; 0: zero allowed), at most `MAX_DURATION`; `DEFAULT_MS`
+/// milliseconds when absent.
+#[derive(Deserialize, Clone, Copy)]
+#[serde(try_from = "String")]
+struct Dur<const DEFAULT_MS: u64, const MIN_NS: u64 = 1>(Duration);
+
+impl<const DEFAULT_MS: u64, const MIN_NS: u64> Default for Dur<DEFAULT_MS, MIN_NS> {
+    fn default() -> Self {
+        Dur(Duration::from_millis(DEFAULT_MS))
+    }
+}
+
+impl<const DEFAULT_MS: u64, const MIN_NS: u64> TryFrom<String> for Dur<DEFAULT_MS, MIN_NS> {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let min = Duration::from_nanos(MIN_NS);
+        match humantime::parse_duration(&s) {
+            Ok(d) if d.is_zero() && MIN_NS > 0 => Err(" must be greater than zero".into()),
+            Ok(d) if d < min => Err(format!(" must be at least {min:?}")),
+            Ok(d) if d > MAX_DURATION => Err(format!(": {s:?} is longer than the 1 year allowed")),
+            Ok(d) => Ok(Dur(d)),
+            Err(e) => Err(format!(
+                ": {s:?} is not a duration ({e}); write e.g. \"500ms\", \"2s\", \"1m\""
+            )),
+        }
+    }
+}
+
+/// `routing.balance_factor`: from 1.0 to 100.0.
+#[derive(Deserialize, Clone, Copy)]
+#[serde(try_from = "f64")]
+struct Factor(f64);
+
+impl TryFrom<f64> for Factor {
+    type Error = String;
+    fn try_from(f: f64) -> Result<Self, String> {
+        if (1.0..=100.0).contains(&f) {
+            Ok(Factor(f))
+        } else {
+            Err(format!(" must be a number from 1.0 to 100.0 (1.25 = no backend above 125% of the mean load), not {f}"))
+        }
+    }
+}
+
+/// An `IP:port` socket address.
+#[derive(Deserialize, Clone, Copy)]
+#[serde(try_from = "String")]
+pub(super) struct Addr(pub SocketAddr);
+
+impl TryFrom<String> for Addr {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse().map(Addr).map_err(|_| {
+            format!(": {s:?} is not an IP:port address (e.g. \"127.0.0.1:8080\" or \"[::1]:8080\")")
+        })
+    }
+}
+
+/// A backend address: `IP:port`, `[IPv6]:port` or `hostname:port`.
+#[derive(Deserialize)]
+#[serde(try_from = "String")]
+pub(super) struct HostPort(pub String);
+
+impl TryFrom<String> for HostPort {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let s = s.trim();
+        validate_host_port(s).map_err(|m| format!(": {m}"))?;
+        Ok(HostPort(s.to_string()))
+    }
+}
+
+/// A backend name: non-empty printable text, trimmed.
+#[derive(Deserialize)]
+#[serde(try_from = "String")]
+pub(super) struct Name(pub String);
+
+impl TryFrom<String> for Name {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let name = s.trim();
+        if name.is_empty() || name.chars().any(char::is_control) {
+            return Err(format!(" {s:?} must be non-empty printable text"));
+        }
+        Ok(Name(name.to_string()))
+    }
+}
+
+/// An RFC 9110 token, as cookie names are.
+#[derive(Deserialize)]
+#[serde(try_from = "String")]
+struct Token(String);
+
+impl TryFrom<String> for Token {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.is_empty() || !s.bytes().all(is_token_byte) {
+            return Err(format!(" {s:?} is not a valid cookie name"));
+        }
+        Ok(Token(s))
+    }
+}
+
+/// `health.path`: an absolute path without whitespace.
+#[derive(Deserialize)]
+#[serde(try_from = "String")]
+struct AbsolutePath(String);
+
+impl TryFrom<String> for AbsolutePath {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.starts_with('/') && !s.contains(char::is_whitespace) {
+            Ok(AbsolutePath(s))
+        } else {
+            Err(format!(
+                " must be an absolute path like \"/healthz\", not {s:?}"
+            ))
+        }
+    }
+}
+
+/// `listen.tls.cert` and `.key`: a non-blank path.
+#[derive(Deserialize)]
+#[serde(try_from = "String")]
+struct FilePath(PathBuf);
+
+impl TryFrom<String> for FilePath {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.trim().is_empty() {
+            return Err(" must be a file path".into());
+        }
+        Ok(FilePath(s.into()))
+    }
+}
+
+/// One `routing.key` entry.
+#[derive(Deserialize)]
+#[serde(try_from = "String")]
+struct Key(KeySource);
+
+impl TryFrom<String> for Key {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        key_source(&s)
+            .map(Key)
+            .map_err(|m| format!(" entry {s:?}{m}"))
+    }
+}
+
+// ---- reading ------------------------------------------------------------
 
 /// Parses and validates a config file's text. `origin` names the file in
 /// error messages.
 pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
     let at = |span: Range<usize>, message: String| locate(text, origin, span.start, message);
-    let raw: RawFile = toml::from_str(text).map_err(|e| {
+    let raw: RawFile = toml::from_str(text).map_err(|mut e| {
         let start = e.span().map_or(0, |s| s.start);
-        at(start..start, e.message().trim_end().to_string())
+        at(start..start, with_key_path(&mut e))
     })?;
+    let warnings = super::check::across_fields(&raw, text, &at)?;
+    Ok(raw.into_config(text, origin, warnings))
+}
 
-    let listen = match raw.listen {
-        Some(l) => {
-            let address = socket_addr(&at, l.address.as_ref(), "127.0.0.1:8080")?;
-            let tls_at = l.tls.as_ref().map(|t| {
-                let t = t.get_ref();
-                let pos = |v: &Spanned<String>| {
-                    let e = at(v.span(), String::new());
-                    (e.line, e.column)
-                };
-                [pos(&t.cert), pos(&t.key)]
-            });
-            let tls = l.tls.map(|t| tls_files(&at, t)).transpose()?;
-            let tls_address = match &l.tls_address {
-                None => None,
-                Some(a) if tls.is_none() => {
-                    return Err(at(
-                        a.span(),
-                        "listen.tls_address needs listen.tls = { cert, key }".into(),
-                    ))
-                }
-                Some(a) => {
-                    let addr = socket_addr(&at, Some(a), "")?;
-                    if addr == address {
-                        return Err(at(
-                            a.span(),
-                            format!("listen.tls_address and listen.address are both {addr}"),
-                        ));
-                    }
-                    Some(addr)
-                }
-            };
-            Listen {
-                address,
-                tls,
-                tls_address,
-                tls_at,
-            }
-        }
-        None => Listen {
-            address: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            tls: None,
-            tls_address: None,
-            tls_at: None,
-        },
-    };
-    let admin = Admin {
-        address: socket_addr(
-            &at,
-            raw.admin.as_ref().and_then(|a| a.address.as_ref()),
-            "127.0.0.1:9090",
-        )?,
-    };
-    if admin.address == listen.address || Some(admin.address) == listen.tls_address {
-        return Err(at(
-            0..0,
-            format!(
-                "admin.address and a listen address are both {}",
-                admin.address
-            ),
-        ));
+/// The error's message after the key path it is about ("health.fall must
+/// be …"); `toml` shows the path only in its `Display` without input.
+fn with_key_path(e: &mut toml::de::Error) -> String {
+    let message = e.message().trim_end().to_string();
+    e.set_input(None);
+    let shown = e.to_string();
+    let path = shown
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix("in `")?.strip_suffix('`'));
+    match path {
+        Some(p) if message.starts_with([' ', ':']) => format!("{p}{message}"),
+        Some(p) => format!("{p}: {message}"),
+        None => message,
     }
+}
 
-    let (routing, spans) = routing(&at, raw.routing)?;
-    let timeouts = timeouts(&at, raw.timeouts)?;
-    let backends = backends(&at, text, raw.backend)?;
-    let health = raw.health.map(|h| health(&at, h)).transpose()?;
-    let limits = limits(&at, raw.limits)?;
-    let log = match raw.log {
-        None => Log::default(),
-        Some(l) => Log {
-            access: l.access.unwrap_or(false),
-            format: match l.format {
-                None => LogFormat::Text,
-                Some(f) => match f.get_ref().as_str() {
-                    "text" => LogFormat::Text,
-                    "json" => LogFormat::Json,
-                    other => {
-                        return Err(at(
-                            f.span(),
-                            format!("log.format must be \"text\" or \"json\", not {other:?}"),
-                        ))
-                    }
+impl RawFile {
+    fn into_config(self, text: &str, origin: &str, warnings: Vec<String>) -> Config {
+        let r = self.routing;
+        let algorithm = match r.algorithm.map(Spanned::into_inner) {
+            None | Some(RawAlgorithm::Ring) => Algorithm::Ring {
+                vnodes: r.vnodes.map_or(DEFAULT_VNODES, |v| v.into_inner().get()),
+            },
+            Some(RawAlgorithm::Maglev) => Algorithm::Maglev {
+                table_size: r
+                    .table_size
+                    .map_or(DEFAULT_TABLE_SIZE, |t| t.into_inner().get()),
+            },
+            Some(RawAlgorithm::Rendezvous) => Algorithm::Rendezvous,
+        };
+        let position = |v: &Spanned<FilePath>| {
+            let e = locate(text, origin, v.span().start, String::new());
+            (e.line, e.column)
+        };
+        let t = self.timeouts;
+        Config {
+            listen: Listen {
+                address: self.listen.address.map_or(DEFAULT_LISTEN, |a| a.0),
+                tls_at: self
+                    .listen
+                    .tls
+                    .as_ref()
+                    .map(|t| [position(&t.cert), position(&t.key)]),
+                tls: self.listen.tls.map(|t| TlsFiles {
+                    cert: t.cert.into_inner().0,
+                    key: t.key.into_inner().0,
+                }),
+                tls_address: self.listen.tls_address.map(|a| a.into_inner().0),
+            },
+            admin: Admin {
+                address: self.admin.address.map_or(DEFAULT_ADMIN, |a| a.0),
+            },
+            routing: Routing {
+                key: r
+                    .key
+                    .map_or_else(default_keys, |k| k.into_iter().map(|k| k.0).collect()),
+                missing_key: match r.missing_key {
+                    RawMissingKey::ClientIp => MissingKey::ClientIp,
+                    RawMissingKey::Random => MissingKey::Random,
+                    RawMissingKey::Reject => MissingKey::Reject,
+                },
+                algorithm,
+                seed: r.seed.get(),
+                balance_factor: r.balance_factor.map(|f| f.0),
+                sticky_cookie: r.sticky_cookie.map(|c| StickyCookie {
+                    name: c.name.0,
+                    max_age: c.max_age.0,
+                }),
+            },
+            timeouts: Timeouts {
+                connect: t.connect.0,
+                response_headers: t.response_headers.0,
+                client_header_read: t.client_header_read.0,
+                client_body_read: t.client_body_read.0,
+                idle: t.idle.0,
+                upstream_idle: t.upstream_idle.0,
+                shutdown_grace: t.shutdown_grace.0,
+                shutdown_delay: t.shutdown_delay.0,
+                upgraded_idle: t.upgraded_idle.0,
+            },
+            health: self.health.map(|h| HealthConfig {
+                path: h.path.map_or_else(|| "/healthz".into(), |p| p.0),
+                interval: h.interval.0,
+                timeout: h.timeout.0,
+                fall: h.fall.get(),
+                rise: h.rise.get(),
+            }),
+            limits: Limits {
+                max_connections: self.limits.max_connections.get(),
+                max_request_header_bytes: self.limits.max_request_header_bytes.get(),
+                max_backend_connections: self.limits.max_backend_connections.get(),
+            },
+            log: Log {
+                access: self.log.access,
+                format: match self.log.format {
+                    RawFormat::Text => LogFormat::Text,
+                    RawFormat::Json => LogFormat::Json,
                 },
             },
-        },
-    };
-
-    let mut warnings = Vec::new();
-    match routing.algorithm {
-        AlgorithmConfig::Ring { vnodes } => {
-            let total_weight: u64 = backends.iter().map(|b| u64::from(b.weight.get())).sum();
-            if u64::from(vnodes).saturating_mul(total_weight) > MAX_RING_POINTS {
-                return Err(at(0..0, format!(
-                    "routing.vnodes ({vnodes}) × total weight ({total_weight}) exceeds {MAX_RING_POINTS} ring points"
-                )));
-            }
+            backends: self
+                .backend
+                .into_iter()
+                .map(|b| BackendConfig {
+                    name: b.name.into_inner().0,
+                    address: b.address.into_inner().0,
+                    weight: NonZeroU32::new(b.weight.get()).unwrap_or(NonZeroU32::MIN),
+                })
+                .collect(),
+            warnings,
         }
-        AlgorithmConfig::Maglev { table_size } => {
-            let span = spans.table_size.clone().or(spans.algorithm.clone());
-            let span = span.unwrap_or(0..0);
-            let given = spans.table_size.is_some();
-            if let Some(w) = check_table_size(&at, span, given, table_size, backends.len())? {
-                warnings.push(w.to_string());
-            }
-        }
-        AlgorithmConfig::Rendezvous => {}
     }
-    if let (Some(span), AlgorithmConfig::Maglev { .. } | AlgorithmConfig::Rendezvous) =
-        (spans.vnodes, routing.algorithm)
-    {
-        warnings.push(
-            at(
-                span,
-                format!(
-                    "routing.vnodes only applies to algorithm = \"ring\"; {} ignores it",
-                    routing.algorithm.algorithm().name()
-                ),
-            )
-            .to_string(),
-        );
-    }
-
-    Ok(Config {
-        listen,
-        admin,
-        routing,
-        timeouts,
-        health,
-        limits,
-        log,
-        backends,
-        warnings,
-    })
-}
-
-fn health(at: &At<'_>, raw: RawHealth) -> Result<HealthConfig, ConfigError> {
-    let path = match raw.path {
-        None => "/healthz".to_string(),
-        Some(p) if p.get_ref().starts_with('/') && !p.get_ref().contains(char::is_whitespace) => {
-            p.into_inner()
-        }
-        Some(p) => {
-            return Err(at(
-                p.span(),
-                format!(
-                    "health.path must be an absolute path like \"/healthz\", not {:?}",
-                    p.get_ref()
-                ),
-            ))
-        }
-    };
-    let count = |v: Option<Spanned<i64>>, name: &str, default: u32| match v {
-        None => Ok(default),
-        Some(n) => u32::try_from(*n.get_ref())
-            .ok()
-            .filter(|&n| (1..=1000).contains(&n))
-            .ok_or_else(|| {
-                at(
-                    n.span(),
-                    format!("health.{name} must be from 1 to 1000, not {}", n.get_ref()),
-                )
-            }),
-    };
-    let interval = duration(
-        at,
-        &raw.interval,
-        "health.interval",
-        Duration::from_secs(2),
-        false,
-    )?;
-    // A probe per backend this often at most: shorter would only pin a core.
-    if interval < MIN_HEALTH_INTERVAL {
-        let span = raw.interval.as_ref().map_or(0..0, Spanned::span);
-        return Err(at(
-            span,
-            format!("health.interval must be at least {MIN_HEALTH_INTERVAL:?}"),
-        ));
-    }
-    Ok(HealthConfig {
-        path,
-        interval,
-        timeout: duration(
-            at,
-            &raw.timeout,
-            "health.timeout",
-            Duration::from_millis(500),
-            false,
-        )?,
-        fall: count(raw.fall, "fall", 3)?,
-        rise: count(raw.rise, "rise", 2)?,
-    })
-}
-
-fn limits(at: &At<'_>, raw: Option<RawLimits>) -> Result<Limits, ConfigError> {
-    let raw = raw.unwrap_or(RawLimits {
-        max_connections: None,
-        max_request_header_bytes: None,
-        max_backend_connections: None,
-    });
-    let num = |v: Option<Spanned<i64>>,
-               name: &str,
-               default: usize,
-               range: std::ops::RangeInclusive<usize>| match v {
-        None => Ok(default),
-        Some(n) => usize::try_from(*n.get_ref())
-            .ok()
-            .filter(|n| range.contains(n))
-            .ok_or_else(|| {
-                at(
-                    n.span(),
-                    format!(
-                        "limits.{name} must be from {} to {}, not {}",
-                        range.start(),
-                        range.end(),
-                        n.get_ref()
-                    ),
-                )
-            }),
-    };
-    Ok(Limits {
-        max_connections: num(
-            raw.max_connections,
-            "max_connections",
-            20_000,
-            1..=10_000_000,
-        )?,
-        max_request_header_bytes: num(
-            raw.max_request_header_bytes,
-            "max_request_header_bytes",
-            16_384,
-            MIN_HEADER_BYTES..=MAX_HEADER_BYTES,
-        )?,
-        max_backend_connections: num(
-            raw.max_backend_connections,
-            "max_backend_connections",
-            1024,
-            1..=1_000_000,
-        )?,
-    })
-}
-
-/// Where some `[routing]` keys were written, for errors and warnings that
-/// can only be told once the pool is known.
-#[derive(Default)]
-struct RoutingSpans {
-    algorithm: Option<Range<usize>>,
-    vnodes: Option<Range<usize>>,
-    table_size: Option<Range<usize>>,
-}
-
-pub(super) type At<'a> = dyn Fn(Range<usize>, String) -> ConfigError + 'a;
-
-fn routing(at: &At<'_>, raw: Option<RawRouting>) -> Result<(Routing, RoutingSpans), ConfigError> {
-    let Some(raw) = raw else {
-        return Ok((
-            Routing {
-                key: default_keys(),
-                missing_key: MissingKey::ClientIp,
-                algorithm: AlgorithmConfig::Ring {
-                    vnodes: DEFAULT_VNODES,
-                },
-                seed: 0,
-                balance_factor: None,
-                sticky_cookie: None,
-            },
-            RoutingSpans::default(),
-        ));
-    };
-    let spans = RoutingSpans {
-        algorithm: raw.algorithm.as_ref().map(|a| a.span()),
-        vnodes: raw.vnodes.as_ref().map(|v| v.span()),
-        table_size: raw.table_size.as_ref().map(|t| t.span()),
-    };
-    let sticky_cookie = raw
-        .sticky_cookie
-        .map(|c| sticky_cookie(at, c))
-        .transpose()?;
-    let key = match raw.key {
-        None => default_keys(),
-        Some(list) => list
-            .iter()
-            .map(|s| key_source(s.get_ref()).map_err(|m| at(s.span(), m)))
-            .collect::<Result<_, _>>()?,
-    };
-    let missing_key = match raw.missing_key {
-        None => MissingKey::ClientIp,
-        Some(s) => match s.get_ref().as_str() {
-            "client-ip" => MissingKey::ClientIp,
-            "random" => MissingKey::Random,
-            "reject" => MissingKey::Reject,
-            other => {
-                return Err(at(s.span(), format!(
-                    "routing.missing_key must be \"client-ip\", \"random\" or \"reject\", not {other:?}"
-                )))
-            }
-        },
-    };
-    let vnodes = match raw.vnodes {
-        None => DEFAULT_VNODES,
-        Some(v) => u32::try_from(*v.get_ref())
-            .ok()
-            .filter(|&n| n >= 1 && u64::from(n) <= MAX_RING_POINTS)
-            .ok_or_else(|| {
-                at(
-                    v.span(),
-                    format!(
-                        "routing.vnodes must be between 1 and {MAX_RING_POINTS}, not {}",
-                        v.get_ref()
-                    ),
-                )
-            })?,
-    };
-    let table_size = match &raw.table_size {
-        None => DEFAULT_TABLE_SIZE,
-        Some(t) => u32::try_from(*t.get_ref())
-            .ok()
-            .filter(|&m| m >= 2 && u64::from(m) <= MAX_RING_POINTS)
-            .ok_or_else(|| {
-                at(
-                    t.span(),
-                    format!(
-                        "routing.table_size must be a prime between 2 and {MAX_RING_POINTS}, not {}",
-                        t.get_ref()
-                    ),
-                )
-            })?,
-    };
-    let algorithm = match raw
-        .algorithm
-        .as_ref()
-        .map(|a| (a.get_ref().as_str(), a.span()))
-    {
-        None | Some(("ring", _)) => AlgorithmConfig::Ring { vnodes },
-        Some(("maglev", _)) => AlgorithmConfig::Maglev { table_size },
-        Some(("rendezvous", _)) => AlgorithmConfig::Rendezvous,
-        Some((other, span)) => {
-            return Err(at(
-                span,
-                format!(
-                "routing.algorithm must be \"ring\", \"maglev\" or \"rendezvous\", not {other:?}"
-            ),
-            ))
-        }
-    };
-    if let (Some(t), AlgorithmConfig::Ring { .. } | AlgorithmConfig::Rendezvous) =
-        (&raw.table_size, algorithm)
-    {
-        return Err(at(
-            t.span(),
-            format!(
-                "routing.table_size only applies to algorithm = \"maglev\", not {:?}",
-                algorithm.algorithm().name()
-            ),
-        ));
-    }
-    let seed = match raw.seed {
-        None => 0,
-        Some(s) => u64::try_from(*s.get_ref()).map_err(|_| {
-            at(
-                s.span(),
-                format!(
-                    "routing.seed must be a non-negative integer, not {}",
-                    s.get_ref()
-                ),
-            )
-        })?,
-    };
-    let balance_factor = match raw.balance_factor {
-        None => None,
-        Some(f) if f.get_ref().is_finite() && *f.get_ref() >= 1.0 && *f.get_ref() <= 100.0 => {
-            Some(*f.get_ref())
-        }
-        Some(f) => {
-            return Err(at(f.span(), format!(
-                "routing.balance_factor must be a number from 1.0 to 100.0 (1.25 = no backend above 125% of the mean load), not {}",
-                f.get_ref()
-            )))
-        }
-    };
-    Ok((
-        Routing {
-            key,
-            missing_key,
-            algorithm,
-            seed,
-            balance_factor,
-            sticky_cookie,
-        },
-        spans,
-    ))
-}
-
-fn sticky_cookie(at: &At<'_>, raw: Spanned<RawStickyCookie>) -> Result<StickyCookie, ConfigError> {
-    let raw = raw.into_inner();
-    let name = raw.name.get_ref();
-    if name.is_empty() || !name.bytes().all(is_token_byte) {
-        return Err(at(
-            raw.name.span(),
-            format!("routing.sticky_cookie.name {name:?} is not a valid cookie name"),
-        ));
-    }
-    let max_age = duration(
-        at,
-        &raw.max_age,
-        "routing.sticky_cookie.max_age",
-        DEFAULT_COOKIE_MAX_AGE,
-        false,
-    )?;
-    Ok(StickyCookie {
-        name: name.clone(),
-        max_age,
-    })
-}
-
-fn tls_files(at: &At<'_>, raw: Spanned<RawTls>) -> Result<TlsFiles, ConfigError> {
-    let raw = raw.into_inner();
-    let path = |v: &Spanned<String>, name: &str| {
-        if v.get_ref().trim().is_empty() {
-            Err(at(
-                v.span(),
-                format!("listen.tls.{name} must be a file path"),
-            ))
-        } else {
-            Ok(PathBuf::from(v.get_ref()))
-        }
-    };
-    Ok(TlsFiles {
-        cert: path(&raw.cert, "cert")?,
-        key: path(&raw.key, "key")?,
-    })
 }
 
 pub(super) fn default_keys() -> Vec<KeySource> {
@@ -562,192 +463,37 @@ pub(super) fn default_keys() -> Vec<KeySource> {
     ]
 }
 
-/// Parses `header:NAME`, `cookie:NAME`, `query:NAME` or `client-ip`.
+/// Parses `header:NAME`, `cookie:NAME`, `query:NAME` or `client-ip`; the
+/// error says what is wrong with the entry.
 pub(super) fn key_source(s: &str) -> Result<KeySource, String> {
     if s == "client-ip" {
         return Ok(KeySource::ClientIp);
     }
     let Some((kind, name)) = s.split_once(':') else {
-        return Err(format!(
-            "routing.key entry {s:?} must be \"header:NAME\", \"cookie:NAME\", \"query:NAME\" or \"client-ip\""
-        ));
+        return Err(
+            " must be \"header:NAME\", \"cookie:NAME\", \"query:NAME\" or \"client-ip\"".into(),
+        );
     };
     if name.is_empty() || !name.bytes().all(is_token_byte) {
-        return Err(format!(
-            "routing.key entry {s:?}: {name:?} is not a valid {kind} name"
-        ));
+        return Err(format!(": {name:?} is not a valid {kind} name"));
     }
     match kind {
         "header" => Ok(KeySource::Header(name.to_ascii_lowercase())),
         "cookie" => Ok(KeySource::Cookie(name.to_string())),
         "query" => Ok(KeySource::Query(name.to_string())),
         _ => Err(format!(
-            "routing.key entry {s:?}: unknown source {kind:?} (use header, cookie, query or client-ip)"
+            ": unknown source {kind:?} (use header, cookie, query or client-ip)"
         )),
     }
 }
 
-/// RFC 9110 token characters: what header and cookie names are made of.
+/// RFC 9110 §5.6.2 token characters: what header and cookie names are made of.
 fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-fn timeouts(at: &At<'_>, raw: Option<RawTimeouts>) -> Result<Timeouts, ConfigError> {
-    let raw = raw.unwrap_or(RawTimeouts {
-        connect: None,
-        response_headers: None,
-        client_header_read: None,
-        client_body_read: None,
-        idle: None,
-        upstream_idle: None,
-        shutdown_grace: None,
-        shutdown_delay: None,
-        upgraded_idle: None,
-    });
-    let d = |v: &Option<Spanned<String>>, name: &str, default: u64, zero_ok: bool| {
-        let name = format!("timeouts.{name}");
-        duration(at, v, &name, Duration::from_secs(default), zero_ok)
-    };
-    Ok(Timeouts {
-        connect: d(&raw.connect, "connect", 1, false)?,
-        response_headers: d(&raw.response_headers, "response_headers", 30, false)?,
-        client_header_read: d(&raw.client_header_read, "client_header_read", 10, false)?,
-        client_body_read: d(&raw.client_body_read, "client_body_read", 60, false)?,
-        idle: d(&raw.idle, "idle", 60, false)?,
-        upstream_idle: d(&raw.upstream_idle, "upstream_idle", 60, false)?,
-        shutdown_grace: d(&raw.shutdown_grace, "shutdown_grace", 30, true)?,
-        shutdown_delay: d(&raw.shutdown_delay, "shutdown_delay", 0, true)?,
-        upgraded_idle: d(&raw.upgraded_idle, "upgraded_idle", 3600, false)?,
-    })
-}
-
-/// A duration like "500ms", "2s" or "1m", at most `MAX_DURATION`; zero
-/// only where `zero_ok`.
-fn duration(
-    at: &At<'_>,
-    v: &Option<Spanned<String>>,
-    name: &str,
-    default: Duration,
-    zero_ok: bool,
-) -> Result<Duration, ConfigError> {
-    match v {
-        None => Ok(default),
-        Some(s) => match humantime::parse_duration(s.get_ref()) {
-            Ok(d) if d.is_zero() && !zero_ok => {
-                Err(at(s.span(), format!("{name} must be greater than zero")))
-            }
-            Ok(d) if d > MAX_DURATION => Err(at(
-                s.span(),
-                format!(
-                    "{name}: {:?} is longer than the 1 year allowed",
-                    s.get_ref()
-                ),
-            )),
-            Ok(d) => Ok(d),
-            Err(e) => Err(at(
-                s.span(),
-                format!(
-                    "{name}: {:?} is not a duration ({e}); write e.g. \"500ms\", \"2s\", \"1m\"",
-                    s.get_ref()
-                ),
-            )),
-        },
-    }
-}
-
-fn backends(
-    at: &At<'_>,
-    text: &str,
-    raw: Vec<Spanned<RawBackend>>,
-) -> Result<Vec<BackendConfig>, ConfigError> {
-    if raw.is_empty() {
-        return Err(at(
-            text.len()..text.len(),
-            "the pool is empty: add at least one [[backend]] with a name and an address".into(),
-        ));
-    }
-    let mut out: Vec<BackendConfig> = Vec::with_capacity(raw.len());
-    // Where each name and address was first seen: one hash look-up per
-    // backend, so a pool of 100,000 is checked in linear time.
-    let mut names: HashMap<String, usize> = HashMap::with_capacity(raw.len());
-    let mut addresses: HashMap<String, usize> = HashMap::with_capacity(raw.len());
-    let first_line = |offset: usize| locate(text, "", offset, String::new()).line;
-    for b in raw {
-        let b = b.into_inner();
-        let name = b.name.get_ref().trim();
-        if name.is_empty() || name.chars().any(char::is_control) {
-            return Err(at(
-                b.name.span(),
-                format!(
-                    "backend name {:?} must be non-empty printable text",
-                    b.name.get_ref()
-                ),
-            ));
-        }
-        let address = b.address.get_ref().trim();
-        validate_host_port(address).map_err(|m| at(b.address.span(), m))?;
-        let weight = match &b.weight {
-            None => NonZeroU32::MIN,
-            Some(w) => u32::try_from(*w.get_ref())
-                .ok()
-                .and_then(NonZeroU32::new)
-                .ok_or_else(|| {
-                    at(
-                        w.span(),
-                        format!(
-                            "backend {name:?}: weight must be a whole number of at least 1, not {}",
-                            w.get_ref()
-                        ),
-                    )
-                })?,
-        };
-        if let Some(&first) = names.get(name) {
-            let line = first_line(first);
-            return Err(at(
-                b.name.span(),
-                format!("duplicate backend name {name:?} (first used on line {line})"),
-            ));
-        }
-        if let Some(&first) = addresses.get(address) {
-            let line = first_line(first);
-            return Err(at(
-                b.address.span(),
-                format!("duplicate backend address {address:?} (first used on line {line})"),
-            ));
-        }
-        names.insert(name.to_string(), b.name.span().start);
-        addresses.insert(address.to_string(), b.address.span().start);
-        out.push(BackendConfig {
-            name: name.to_string(),
-            address: address.to_string(),
-            weight,
-        });
-    }
-    Ok(out)
-}
-
-fn socket_addr(
-    at: &At<'_>,
-    value: Option<&Spanned<String>>,
-    default: &str,
-) -> Result<SocketAddr, ConfigError> {
-    let Some(v) = value else {
-        return default
-            .parse()
-            .map_err(|_| at(0..0, format!("bad built-in default address {default}")));
-    };
-    v.get_ref().parse().map_err(|_| {
-        at(
-            v.span(),
-            format!(
-                "{:?} is not an IP:port address (e.g. \"127.0.0.1:8080\" or \"[::1]:8080\")",
-                v.get_ref()
-            ),
-        )
-    })
-}
-
-/// A backend address: `IP:port`, `[IPv6]:port` or `hostname:port`.
+/// Checks a backend address: `IP:port`, `[IPv6]:port` or `hostname:port`
+/// (RFC 1123 labels).
 pub(super) fn validate_host_port(s: &str) -> Result<(), String> {
     if let Ok(addr) = s.parse::<SocketAddr>() {
         return if addr.port() == 0 {
@@ -774,8 +520,8 @@ pub(super) fn validate_host_port(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Turns a byte offset into a 1-based line and column.
-fn locate(text: &str, origin: &str, offset: usize, message: String) -> ConfigError {
+/// Turns a byte offset into a 1-based line and column (in characters).
+pub(super) fn locate(text: &str, origin: &str, offset: usize, message: String) -> ConfigError {
     let offset = offset.min(text.len());
     let before = &text[..text.floor_char_boundary(offset)];
     let line = before.matches('\n').count() + 1;

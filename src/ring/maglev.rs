@@ -276,13 +276,73 @@ fn step(p: u32, skip: u32, m: u32) -> u32 {
     }
 }
 
+/// What the Maglev rule says of a table size for a pool: the one place the
+/// rule lives (the builder and the config checker both ask it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableSizeVerdict {
+    /// At least 100 slots per member: shares within about 1% of the mean.
+    Good,
+    /// Buildable but uneven (under 100 × members): the message says by how
+    /// much and which prime balances better.
+    Uneven(String),
+    /// Buildable but under 10 × members, where shares differ by over 10%:
+    /// the config refuses it, naming a prime that is large enough.
+    TooSmall(String),
+    /// Not a prime, fewer slots than members, or over `MAX_POINTS`: no
+    /// table can be built.
+    Unbuildable(String),
+}
+
+/// The Maglev table-size rule (Eisenbud et al. §3.4: M prime, M ≫ N) for
+/// `size` slots over `members` members. Messages start with what is wrong,
+/// e.g. "is not a prime; use a prime such as 65537".
+pub fn table_size_verdict(size: u32, members: usize) -> TableSizeVerdict {
+    let (m, n) = (u64::from(size), members as u64);
+    let suggest = |from: u64| {
+        let p = next_prime(from);
+        if p <= MAX_POINTS {
+            format!("use a prime such as {p}")
+        } else {
+            format!("no prime table size up to {MAX_POINTS} is large enough for this pool; use \"ring\" or \"rendezvous\"")
+        }
+    };
+    if !is_prime(m) || m > MAX_POINTS {
+        return TableSizeVerdict::Unbuildable(format!(
+            "is not a prime; {}",
+            suggest(m.max(10 * n))
+        ));
+    }
+    if m < n {
+        return TableSizeVerdict::Unbuildable(format!(
+            "is smaller than the {n} backends; {}",
+            suggest(10 * n)
+        ));
+    }
+    if m < 10 * n {
+        return TableSizeVerdict::TooSmall(format!(
+            "is smaller than 10 × {n} backends; {}",
+            suggest(10 * n)
+        ));
+    }
+    if m < 100 * n {
+        return TableSizeVerdict::Uneven(format!(
+            "gives each of the {n} backends only about {} slots, so shares can differ by about {:.1}% of the mean; a prime of at least {} such as {} balances better",
+            m / n,
+            100.0 * n as f64 / m as f64,
+            100 * n,
+            next_prime(100 * n)
+        ));
+    }
+    TableSizeVerdict::Good
+}
+
 /// A table size the builder accepts: a prime, at least the number of
 /// members (so each gets a slot), at most `MAX_POINTS`.
 fn check_table_size(size: u32, members: usize) -> Result<(), RingError> {
-    if !is_prime(u64::from(size)) || (size as usize) < members || u64::from(size) > MAX_POINTS {
-        return Err(RingError::TableSize { size, members });
+    match table_size_verdict(size, members) {
+        TableSizeVerdict::Unbuildable(_) => Err(RingError::TableSize { size, members }),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Whether `n` is prime (trial division; table sizes are at most a few

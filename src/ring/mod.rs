@@ -10,7 +10,9 @@ mod maglev;
 mod rendezvous;
 
 pub use ketama::{Ketama, Walk};
-pub use maglev::{is_prime, next_prime, Maglev, DEFAULT_TABLE_SIZE};
+pub use maglev::{
+    is_prime, next_prime, table_size_verdict, Maglev, TableSizeVerdict, DEFAULT_TABLE_SIZE,
+};
 pub use rendezvous::{Ranked, Rendezvous};
 
 use std::collections::HashMap;

@@ -322,7 +322,7 @@ pub fn ring_of(config: &Config) -> Result<Ring, String> {
 }
 
 fn build_ring(config: &Config, members: Vec<Member>) -> Result<Ring, String> {
-    let algorithm = config.routing.algorithm.algorithm();
+    let algorithm = config.routing.algorithm;
     Ring::build(members, algorithm, config.routing.seed).map_err(|e| e.to_string())
 }
 
