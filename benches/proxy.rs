@@ -161,7 +161,7 @@ async fn spawn_proxy(
     let tls = stickylb::http::tls::load(&files).expect("TLS config");
     let snap = Snapshot::build(&config, None, &metrics)
         .expect("snapshot")
-        .with_tls(Some(tls));
+        .with_tls(Some(tls.server));
     let router = Arc::new(Router::new(snap));
     let proxy = Arc::new(Proxy::new(router, metrics));
     let mut addrs = Vec::new();

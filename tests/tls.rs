@@ -135,8 +135,17 @@ async fn certificate_swap_serves_new_connections_and_a_bad_one_keeps_the_old() {
     let t = start_tls("").await;
     let (mut old_conn, first) = https_connect(t.proxy.addr, &t.ca.der, &[b"h2"]).await;
 
+    let expiry = |m: &str| metric(m, "stickylb_tls_certificate_expiry_timestamp_seconds");
+    let scrape = || async {
+        send(&client(), get(t.proxy.admin, "/metrics", &[]))
+            .await
+            .text()
+    };
+    // 2040-01-01T00:00:00Z, the first certificate's notAfter.
+    assert_eq!(expiry(&scrape().await), Some(2_208_988_800.0));
+
     // A renewal overwrites the files; the reload (SIGHUP) picks it up.
-    let renewed = t.ca.leaf();
+    let renewed = t.ca.leaf_until(2041);
     renewed.write(&t.tls_dir());
     assert!(matches!(t.reload().await, Outcome::Applied { .. }));
     let (mut conn, presented) = https_connect(t.proxy.addr, &t.ca.der, &[b"h2"]).await;
@@ -145,6 +154,8 @@ async fn certificate_swap_serves_new_connections_and_a_bad_one_keeps_the_old() {
         "the next connection gets the new certificate"
     );
     assert_ne!(presented, first);
+    // 2041-01-01T00:00:00Z.
+    assert_eq!(expiry(&scrape().await), Some(2_240_611_200.0));
     assert_eq!(
         conn.get("/", &[("x-client-id", "a")]).await.status,
         StatusCode::OK

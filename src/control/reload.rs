@@ -67,6 +67,8 @@ pub struct Reloader {
     rejected: AtomicBool,
     /// The certificate files of the config last applied.
     tls_files: Mutex<Option<config::TlsFiles>>,
+    /// The digest of the leaf certificate serving (0: none).
+    certificate: AtomicU64,
     /// Serialises reloads (watcher and SIGHUP); never touched by requests.
     busy: Mutex<()>,
     status: watch::Sender<Status>,
@@ -82,19 +84,19 @@ pub fn load_initial(path: &Path, metrics: &Metrics) -> Result<(Config, Snapshot)
         tracing::warn!("{w}");
     }
     let tls = load_tls(path, &config)?;
+    if let Some(t) = &tls {
+        certificate_loaded(metrics, &t.leaf, "serving");
+    }
     let snap = Snapshot::build(&config, None, metrics)
         .map_err(|e| format!("{}: {e}", path.display()))?
-        .with_tls(tls);
+        .with_tls(tls.map(|t| t.server));
     publish(metrics, &snap, None);
     Ok((config, snap))
 }
 
 /// The TLS server config of `config` (read from `config_path`), if it has
 /// `listen.tls`; relative certificate paths start at the file's directory.
-pub fn load_tls(
-    config_path: &Path,
-    config: &Config,
-) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
+pub fn load_tls(config_path: &Path, config: &Config) -> Result<Option<tls::Loaded>, String> {
     config
         .listen
         .tls
@@ -117,6 +119,16 @@ pub fn load_tls(
             )
         })
         .transpose()
+}
+
+/// Logs the certificate now served and publishes its expiry.
+fn certificate_loaded(metrics: &Metrics, leaf: &tls::Leaf, how: &str) {
+    tracing::info!(
+        "listen.tls: {how} certificate {}, valid until {}",
+        leaf.subject,
+        leaf.expires()
+    );
+    metrics.set_certificate_expiry(leaf.not_after);
 }
 
 fn read(path: &Path) -> Result<String, String> {
@@ -161,6 +173,13 @@ impl Reloader {
             seen: AtomicU64::new(applied),
             rejected: AtomicBool::new(false),
             tls_files: Mutex::new(tls_files),
+            // The certificate load_initial read (read again: a few KiB, once).
+            certificate: AtomicU64::new(
+                load_tls(path, config)
+                    .ok()
+                    .flatten()
+                    .map_or(0, |t| t.leaf.digest),
+            ),
             busy: Mutex::new(()),
             status,
         }
@@ -243,7 +262,7 @@ impl Reloader {
         }
         let old = self.router.load_full();
         let snap = match Snapshot::build(&config, Some(&old), &self.metrics) {
-            Ok(s) => s.with_tls(tls),
+            Ok(s) => s.with_tls(tls.as_ref().map(|t| t.server.clone())),
             Err(e) => return Outcome::Failed(format!("{origin}: {e}")),
         };
         for ((what, now), (_, configured)) in self.restart_only.iter().zip(restart_only(&config)) {
@@ -267,6 +286,11 @@ impl Reloader {
         // As the next look will compute it (with these certificate paths).
         self.seen.store(hash, Ordering::Relaxed);
         *self.tls_files.lock().unwrap_or_else(|p| p.into_inner()) = config.listen.tls.clone();
+        if let Some(t) = &tls {
+            if self.certificate.swap(t.leaf.digest, Ordering::Relaxed) != t.leaf.digest {
+                certificate_loaded(&self.metrics, &t.leaf, "new");
+            }
+        }
         if routing_changed {
             tracing::info!(
                 "generation {generation}: {line}, {:.1}% of keyspace changed owner",

@@ -42,15 +42,50 @@ pub enum Which {
     Key,
 }
 
+/// A loaded certificate and key: what new TLS connections use, and what
+/// the log and metrics say of the leaf certificate.
+#[derive(Clone)]
+pub struct Loaded {
+    pub server: Arc<ServerConfig>,
+    pub leaf: Leaf,
+}
+
+/// The facts of a leaf certificate (RFC 5280 §4.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leaf {
+    /// The subject's distinguished name, e.g. "CN=lb.example".
+    pub subject: String,
+    /// `notAfter`, in Unix seconds.
+    pub not_after: i64,
+    /// A hash of the certificate's DER bytes: a renewal changes it.
+    pub digest: u64,
+}
+
+impl Leaf {
+    /// `notAfter` as RFC 3339 UTC, e.g. "2027-03-01T00:00:00Z".
+    pub fn expires(&self) -> String {
+        let t = std::time::UNIX_EPOCH
+            + std::time::Duration::from_secs(u64::try_from(self.not_after).unwrap_or(0));
+        humantime::format_rfc3339_seconds(t).to_string()
+    }
+}
+
 /// Reads the certificate chain and key (paths already resolved) and builds
 /// the server config.
-pub fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, String> {
+pub fn load(files: &TlsFiles) -> Result<Loaded, String> {
     load_which(files).map_err(|(_, e)| e)
 }
 
 /// As `load`, also saying which file an error is about.
-pub fn load_which(files: &TlsFiles) -> Result<Arc<ServerConfig>, (Which, String)> {
+pub fn load_which(files: &TlsFiles) -> Result<Loaded, (Which, String)> {
     let certs = read_certs(&files.cert).map_err(|e| (Which::Cert, e))?;
+    let leaf = leaf(&certs[0]).map_err(|e| {
+        let e = format!(
+            "{}: the first certificate cannot be read: {e}",
+            files.cert.display()
+        );
+        (Which::Cert, e)
+    })?;
     let key = read_key(&files.key).map_err(|e| (Which::Key, e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
@@ -67,7 +102,19 @@ pub fn load_which(files: &TlsFiles) -> Result<Arc<ServerConfig>, (Which, String)
             (Which::Key, both)
         })?;
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
-    Ok(Arc::new(config))
+    Ok(Loaded {
+        server: Arc::new(config),
+        leaf,
+    })
+}
+
+fn leaf(der: &CertificateDer<'_>) -> Result<Leaf, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
+    Ok(Leaf {
+        subject: cert.subject().to_string(),
+        not_after: cert.validity().not_after.timestamp(),
+        digest: xxhash_rust::xxh3::xxh3_64(der),
+    })
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -125,7 +172,9 @@ mod tests {
             cert: cert.clone(),
             key: dir.join("missing.pem"),
         };
-        let e = load(&files).unwrap_err();
+        let Err(e) = load(&files) else {
+            panic!("a file that is not a certificate must fail")
+        };
         assert!(e.contains(&cert.display().to_string()), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

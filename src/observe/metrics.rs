@@ -68,6 +68,12 @@ pub struct Metrics {
     /// Unix time of the last successful (re)load, in seconds.
     pub last_reload_success_time: Gauge,
     pub last_remap_fraction: Gauge,
+    /// `notAfter` of the serving certificate, in Unix seconds; exported
+    /// only once a certificate is loaded (a 0 would read as expired).
+    tls_certificate_expiry: Gauge,
+    tls_registered: std::sync::Once,
+    /// Access-log lines dropped because the writer fell behind.
+    pub access_log_dropped: IntCounter,
     remapped: IntCounterVec,
     key_source: IntCounterVec,
     proxy_responses: IntCounterVec,
@@ -217,6 +223,16 @@ impl Metrics {
             "Exact fraction of the keyspace whose owner changed at the last routing change.",
         ))
         .expect("valid metric");
+        let tls_certificate_expiry = Gauge::with_opts(opts(
+            "tls_certificate_expiry_timestamp_seconds",
+            "notAfter of the serving TLS certificate, in Unix seconds.",
+        ))
+        .expect("valid metric");
+        let access_log_dropped = IntCounter::with_opts(opts(
+            "access_log_dropped_total",
+            "Access-log lines dropped because the writer could not keep up.",
+        ))
+        .expect("valid metric");
         let remapped = IntCounterVec::new(
             opts(
                 "remapped_requests_total",
@@ -282,6 +298,7 @@ impl Metrics {
             Box::new(last_reload_successful.clone()),
             Box::new(last_reload_success_time.clone()),
             Box::new(last_remap_fraction.clone()),
+            Box::new(access_log_dropped.clone()),
             Box::new(remapped.clone()),
             Box::new(key_source.clone()),
         ] {
@@ -315,6 +332,9 @@ impl Metrics {
             last_reload_successful,
             last_reload_success_time,
             last_remap_fraction,
+            tls_certificate_expiry,
+            tls_registered: std::sync::Once::new(),
+            access_log_dropped,
             remapped,
             key_source,
             proxy_responses,
@@ -380,6 +400,15 @@ impl Metrics {
     /// The `remapped_requests_total` child for a label of `REMAP_REASONS`.
     pub fn remapped(&self, reason: &str) -> IntCounter {
         self.remapped.with_label_values(&[reason])
+    }
+
+    /// Publishes the serving certificate's `notAfter` (Unix seconds).
+    pub fn set_certificate_expiry(&self, not_after: i64) {
+        self.tls_registered.call_once(|| {
+            let g = Box::new(self.tls_certificate_expiry.clone());
+            self.registry.register(g).expect("registered once");
+        });
+        self.tls_certificate_expiry.set(not_after as f64);
     }
 
     /// Publishes the live ring's identity.

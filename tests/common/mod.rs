@@ -591,9 +591,15 @@ impl TestCa {
 
     /// A new leaf (new key, so every call gives a different certificate).
     pub fn leaf(&self) -> TestCert {
-        let params =
+        self.leaf_until(2040)
+    }
+
+    /// A leaf certificate valid until 1 January of `year`, 00:00 UTC.
+    pub fn leaf_until(&self, year: i32) -> TestCert {
+        let mut params =
             rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
                 .expect("leaf params");
+        params.not_after = rcgen::date_time_ymd(year, 1, 1);
         let key = rcgen::KeyPair::generate().expect("leaf key");
         let cert = params.signed_by(&key, &self.issuer).expect("leaf cert");
         let ca_pem = pem_of(&self.der);
