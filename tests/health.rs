@@ -402,3 +402,31 @@ async fn ring_lookup_names_who_serves_a_key_while_its_owner_is_down() {
         assert_ne!(served, owner, "{algorithm}");
     }
 }
+
+/// SPEC: `/ring/lookup`'s key is percent-decoded to bytes, and a key that
+/// is not UTF-8 routes as those bytes would in a header (obs-text, RFC 9110
+/// §5.5).
+#[tokio::test]
+async fn ring_lookup_of_a_non_utf8_key_agrees_with_header_routing() {
+    let pool = spawn_backends(3).await;
+    let proxy = spawn_proxy(&config_text(&pool.iter().collect::<Vec<_>>(), "", "")).await;
+    let client = client();
+    let mut owners = std::collections::HashSet::new();
+    for i in 0..40u8 {
+        let key = [0xff, b'k', i / 10 + b'0', i % 10 + b'0', 0xc3, 0x28];
+        assert!(std::str::from_utf8(&key).is_err());
+        let encoded: String = key.iter().map(|b| format!("%{b:02X}")).collect();
+        let url = format!("/ring/lookup?key={encoded}");
+        let text = send(&client, get(proxy.admin, &url, &[])).await.text();
+        let lookup: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let req = Request::get(format!("http://{}/", proxy.addr))
+            .header("x-client-id", http::HeaderValue::from_bytes(&key).unwrap())
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let served = send(&client, req).await;
+        assert_eq!(served.status, StatusCode::OK);
+        assert_eq!(lookup["backend"], served.backend().as_str(), "key {key:?}");
+        owners.insert(served.backend());
+    }
+    assert!(owners.len() > 1, "40 keys all on one backend: {owners:?}");
+}

@@ -194,7 +194,7 @@ impl Admin {
                     "name": &*b.name,
                     "address": &*b.address,
                     "weight": b.weight.get(),
-                    "healthy": b.metrics.healthy.get() == 1,
+                    "healthy": b.health.is_healthy(),
                     "share": share,
                 })
             })
@@ -207,14 +207,16 @@ impl Admin {
         })
     }
 
-    fn lookup(&self, key: &str) -> serde_json::Value {
+    /// Where `key` (bytes, as a header would carry them) routes now.
+    fn lookup(&self, key: &[u8]) -> serde_json::Value {
         let snap = self.router.load();
-        let hash = snap.ring.hash(key.as_bytes());
+        let hash = snap.ring.hash(key);
         let name = |i: usize| &*snap.backends[i].name;
         let owner = name(snap.ring.owner(hash));
         let preference: Vec<&str> = snap.ring.preference(hash).take(3).map(name).collect();
         serde_json::json!({
-            "key": key,
+            // Bytes that are not UTF-8 are shown as U+FFFD.
+            "key": String::from_utf8_lossy(key),
             // Who serves it now: the owner, or the failover pick while the
             // owner is down (null when every backend is down).
             "backend": snap.serving(hash).map(name),
@@ -245,35 +247,14 @@ fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
     r
 }
 
-/// A query parameter's value, percent-decoded (`+` is a space).
-fn query_value(query: &str, name: &str) -> Option<String> {
+/// A query parameter's value, percent-decoded to bytes (`+` is a space,
+/// as HTML forms write it); a `%` not followed by two hex digits stays.
+fn query_value(query: &str, name: &str) -> Option<Vec<u8>> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
-        (k == name).then(|| percent_decode(v))
+        let v = v.replace('+', " ");
+        (k == name).then(|| percent_encoding::percent_decode_str(&v).collect())
     })
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -282,13 +263,13 @@ mod tests {
 
     #[test]
     fn decodes_query_values() {
-        assert_eq!(
-            query_value("x=1&key=a%20b+c", "key").as_deref(),
-            Some("a b c")
-        );
-        assert_eq!(query_value("key=100%", "key").as_deref(), Some("100%"));
-        assert_eq!(query_value("key=%4", "key").as_deref(), Some("%4"));
-        assert_eq!(query_value("key=%e2%82%ac", "key").as_deref(), Some("€"));
-        assert_eq!(query_value("other=1", "key"), None);
+        let value = |q: &str| query_value(q, "key");
+        assert_eq!(value("x=1&key=a%20b+c").as_deref(), Some(&b"a b c"[..]));
+        assert_eq!(value("key=100%").as_deref(), Some(&b"100%"[..]));
+        assert_eq!(value("key=%4").as_deref(), Some(&b"%4"[..]));
+        assert_eq!(value("key=%e2%82%ac").as_deref(), Some("€".as_bytes()));
+        // Not UTF-8: the bytes themselves, as a header would carry them.
+        assert_eq!(value("key=%ff%00a").as_deref(), Some(&b"\xff\x00a"[..]));
+        assert_eq!(value("other=1"), None);
     }
 }

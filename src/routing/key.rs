@@ -97,8 +97,7 @@ impl GeneratedId {
     /// A fresh id from the operating system's secure random source.
     pub fn new() -> Self {
         let mut bits = [0u8; 16];
-        let random = rustls::crypto::ring::default_provider().secure_random;
-        if random.fill(&mut bits).is_err() {
+        if getrandom::fill(&mut bits).is_err() {
             // Not a secret, only an identity: a weaker source still routes.
             tracing::warn!("secure random source failed; sticky id from a fast generator");
             fastrand::fill(&mut bits);

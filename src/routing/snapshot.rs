@@ -9,8 +9,8 @@ use crate::ring::{Algorithm, Member, Ring};
 use crate::routing::backend::{Backend, InFlight};
 use crate::routing::key::KeySpec;
 use arc_swap::{ArcSwap, ArcSwapOption, Guard};
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 /// Everything a request needs to be routed, built together from one config.
@@ -35,9 +35,11 @@ pub struct Snapshot {
     /// The ring of the generation before this one, to tell which requests'
     /// keys changed owner.
     previous: Option<Previous>,
-    /// Maglev failover: the table rebuilt without the backends that were
-    /// down when it was built. An ArcSwap: rebuilt at most once per health
-    /// change (by the first request that needs it), read by all others.
+    /// Healthy backends, for bounded loads' capacity: recomputed once per
+    /// health change (`refresh_health`), read by every request.
+    healthy: AtomicUsize,
+    /// Maglev failover: the table rebuilt without the backends that are
+    /// down (none while all are up); rebuilt once per health change.
     failover: ArcSwapOption<Failover>,
 }
 
@@ -155,8 +157,40 @@ impl Snapshot {
             sticky_cookie: config.routing.sticky_cookie.clone().map(Arc::new),
             tls: None,
             previous,
+            healthy: AtomicUsize::new(0),
             failover: ArcSwapOption::empty(),
-        })
+        }
+        .with_health_refreshed())
+    }
+
+    fn with_health_refreshed(self) -> Self {
+        self.refresh_health();
+        self
+    }
+
+    /// Recomputes the state that follows from the backends' health: the
+    /// healthy count and, for Maglev, the failover table. Called once per
+    /// health change (through `Router`), never per request.
+    fn refresh_health(&self) {
+        let down: Box<[bool]> = self
+            .backends
+            .iter()
+            .map(|b| !b.health.is_healthy())
+            .collect();
+        let healthy = down.iter().filter(|d| !**d).count();
+        self.healthy.store(healthy, Ordering::Relaxed);
+        if !matches!(self.ring.algorithm(), Algorithm::Maglev { .. }) {
+            return;
+        }
+        if healthy == down.len() {
+            self.failover.store(None);
+        } else if self.failover.load().as_ref().is_none_or(|f| f.down != down) {
+            let failover = self
+                .ring
+                .excluding(&down)
+                .map(|ring| Failover { down, ring });
+            self.failover.store(failover.map(Arc::new));
+        }
     }
 
     /// The snapshot with the TLS config (read from the certificate files)
@@ -200,7 +234,9 @@ impl Snapshot {
             Reason::Failover
         };
         if reason == Reason::Failover && skip.is_none() {
-            if let Some(i) = self.failover_owner(hash) {
+            // Just after a transition the table may still be the previous
+            // one: its pick must be healthy now too.
+            if let Some(i) = self.failover_owner(hash).filter(|&i| healthy(i)) {
                 if let Some(g) = self.backends[i].try_start(capacity, total) {
                     let choice = Choice {
                         index: i,
@@ -248,43 +284,24 @@ impl Snapshot {
         if self.backends[owner].health.is_healthy() {
             return Some(owner);
         }
-        self.failover_owner(hash).or_else(|| {
-            self.ring
-                .preference(hash)
-                .find(|&i| self.backends[i].health.is_healthy())
-        })
+        let failover = self.failover_owner(hash);
+        let healthy = |i: &usize| self.backends[*i].health.is_healthy();
+        failover
+            .filter(healthy)
+            .or_else(|| self.ring.preference(hash).find(healthy))
     }
 
-    /// Maglev's failover owner: the key's owner in the table rebuilt without
+    /// Maglev's failover owner: the key's owner in the table built without
     /// the backends that are down. `None` for the other algorithms, whose
-    /// preference order already is that (and when every backend is down).
+    /// preference order already is that, and while all backends are up.
+    #[inline]
     fn failover_owner(&self, hash: u64) -> Option<usize> {
-        if !matches!(self.ring.algorithm(), Algorithm::Maglev { .. }) {
-            return None;
-        }
-        let down: Box<[bool]> = self
-            .backends
-            .iter()
-            .map(|b| !b.health.is_healthy())
-            .collect();
-        let cached = self.failover.load();
-        if let Some(f) = cached.as_ref().filter(|f| f.down == down) {
-            return Some(f.ring.owner(hash));
-        }
-        let ring = self.ring.excluding(&down)?;
-        let owner = ring.owner(hash);
-        self.failover.store(Some(Arc::new(Failover { down, ring })));
-        Some(owner)
+        self.failover.load().as_ref().map(|f| f.ring.owner(hash))
     }
 
     /// Bounded loads: `ceil(c × (in flight + 1) / healthy backends)`.
     fn capacity(&self, c: f64, total_in_flight: i64) -> i64 {
-        let healthy = self
-            .backends
-            .iter()
-            .filter(|b| b.health.is_healthy())
-            .count()
-            .max(1);
+        let healthy = self.healthy.load(Ordering::Relaxed).max(1);
         (c * (total_in_flight.max(0) + 1) as f64 / healthy as f64).ceil() as i64
     }
 
@@ -336,6 +353,9 @@ pub struct Router {
     swaps: watch::Sender<u64>,
     /// Counts health transitions, for whoever waits on them.
     health: watch::Sender<u64>,
+    /// Serialises recomputing the health-derived state, so the last
+    /// computation stored is the latest health.
+    refreshing: Mutex<()>,
 }
 
 impl Router {
@@ -344,6 +364,7 @@ impl Router {
             live: ArcSwap::from_pointee(snapshot),
             swaps: watch::channel(0).0,
             health: watch::channel(0).0,
+            refreshing: Mutex::new(()),
         }
     }
 
@@ -357,9 +378,16 @@ impl Router {
         self.health.subscribe()
     }
 
-    /// Records that a backend went up or down.
+    /// Records that a backend went up or down: the live snapshot's
+    /// health-derived state is recomputed, once.
     pub fn health_changed(&self) {
+        self.refresh();
         self.health.send_modify(|n| *n += 1);
+    }
+
+    fn refresh(&self) {
+        let _one = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
+        self.live.load().refresh_health();
     }
 
     /// The live snapshot. Drop the guard before awaiting.
@@ -376,6 +404,8 @@ impl Router {
     /// Swaps in a new snapshot; returns the one it replaced.
     pub fn store(&self, snapshot: Snapshot) -> Arc<Snapshot> {
         let old = self.live.swap(Arc::new(snapshot));
+        // Health may have changed since the snapshot was built.
+        self.refresh();
         self.swaps.send_modify(|n| *n += 1);
         old
     }
