@@ -88,8 +88,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,rustls=error,notify=error")
+            }),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -132,9 +133,9 @@ fn check(path: &Path) -> Result<(), Failure> {
         config::Algorithm::Rendezvous => "rendezvous".to_string(),
     };
     out!(
-        "{}: ok, {} backends, algorithm {algorithm}, seed {}, fingerprint {:016x}",
+        "{}: ok, {}, algorithm {algorithm}, seed {}, fingerprint {:016x}",
         path.display(),
-        config.backends.len(),
+        backends(config.backends.len()),
         config.routing.seed,
         ring.fingerprint()
     );
@@ -254,9 +255,9 @@ fn serve(path: &Path, threads: Option<usize>, with_demo: bool) -> Result<(), Fai
             })
             .collect();
         tracing::info!(
-            "listening on {} with {} backends; admin on http://{}",
+            "listening on {} with {}; admin on http://{}",
             urls.join(" and "),
-            config.backends.len(),
+            backends(config.backends.len()),
             config.admin.address
         );
         let servers: Vec<_> = listeners
@@ -364,5 +365,14 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => tracing::info!("SIGINT received"),
         () = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+/// "1 backend", "3 backends".
+fn backends(n: usize) -> String {
+    if n == 1 {
+        "1 backend".into()
+    } else {
+        format!("{n} backends")
     }
 }

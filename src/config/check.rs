@@ -2,7 +2,7 @@
 //! and addresses used twice, and the pool against the algorithm (the
 //! ring's own rules, asked here, never repeated).
 
-use super::parse::{RawAlgorithm, RawFile};
+use super::parse::{key_source, RawAlgorithm, RawBackend, RawFile};
 use super::*;
 use crate::ring::{table_size_verdict, TableSizeVerdict, MAX_POINTS};
 use std::collections::HashMap;
@@ -18,22 +18,41 @@ pub(super) fn across_fields(
     text: &str,
     at: &At<'_>,
 ) -> Result<Vec<String>, ConfigError> {
-    let listen = raw.listen.address.map_or(DEFAULT_LISTEN, |a| a.0);
+    if let Some(keys) = &raw.routing.key {
+        for k in keys {
+            key_source(k.get_ref())
+                .map_err(|m| at(k.span(), format!("routing.key entry {:?}{m}", k.get_ref())))?;
+        }
+    }
+    let listen = raw
+        .listen
+        .address
+        .as_ref()
+        .map_or(DEFAULT_LISTEN, |a| a.get_ref().0);
     if let Some(a) = &raw.listen.tls_address {
         if raw.listen.tls.is_none() {
             let m = "listen.tls_address needs listen.tls = { cert, key }";
             return Err(at(a.span(), m.into()));
         }
-        if a.get_ref().0 == listen {
-            let m = format!("listen.tls_address and listen.address are both {listen}");
+        if overlap(a.get_ref().0, listen) {
+            let m = format!(
+                "listen.tls_address {} and listen.address {listen} overlap",
+                a.get_ref().0
+            );
             return Err(at(a.span(), m));
         }
     }
-    let admin = raw.admin.address.map_or(DEFAULT_ADMIN, |a| a.0);
     let tls_address = raw.listen.tls_address.as_ref().map(|a| a.get_ref().0);
-    if admin == listen || Some(admin) == tls_address {
-        let m = format!("admin.address and a listen address are both {admin}");
-        return Err(at(0..0, m));
+    let listeners = || std::iter::once(listen).chain(tls_address);
+    let admin = raw
+        .admin
+        .address
+        .as_ref()
+        .map_or(DEFAULT_ADMIN, |a| a.get_ref().0);
+    if let Some(l) = listeners().find(|&l| overlap(admin, l)) {
+        let span = raw.admin.address.as_ref().map_or(0..0, |a| a.span());
+        let m = format!("admin.address {admin} and the listen address {l} overlap");
+        return Err(at(span, m));
     }
 
     if raw.backend.is_empty() {
@@ -46,13 +65,20 @@ pub(super) fn across_fields(
     let mut addresses = HashMap::with_capacity(raw.backend.len());
     let line_of = |offset: usize| text[..offset].matches('\n').count() + 1;
     for b in &raw.backend {
-        let (name, address) = (&b.name.get_ref().0, &b.address.get_ref().0);
+        let (name, written) = (&b.name.get_ref().0, &b.address.get_ref().0);
+        // One address however written ("[::1]:1" = "[0:0:0:0:0:0:0:1]:01").
+        let socket = written.parse::<SocketAddr>().ok();
+        let address = socket.map_or_else(|| written.to_ascii_lowercase(), |a| a.to_string());
+        if let Some(l) = socket.and_then(|a| listeners().chain([admin]).find(|&l| overlap(a, l))) {
+            let m = format!("backend {name:?} at {written} is the proxy's own address {l}: requests would loop back into the proxy");
+            return Err(at(b.address.span(), m));
+        }
         if let Some(&first) = names.get(name) {
             let m = format!("duplicate backend name {name:?} (first used on line {first})");
             return Err(at(b.name.span(), m));
         }
-        if let Some(&first) = addresses.get(address) {
-            let m = format!("duplicate backend address {address:?} (first used on line {first})");
+        if let Some(&first) = addresses.get(&address) {
+            let m = format!("duplicate backend address {written:?} (first used on line {first})");
             return Err(at(b.address.span(), m));
         }
         names.insert(name, line_of(b.name.span().start));
@@ -100,10 +126,15 @@ pub(super) fn across_fields(
             let vnodes =
                 v.as_ref()
                     .map_or(i64::from(DEFAULT_VNODES), |v| v.get_ref().0) as u64;
-            let total: u64 = raw.backend.iter().map(|b| b.weight.0 as u64).sum();
+            let weight = |b: &&RawBackend| b.weight.as_ref().map_or(1, |w| w.get_ref().0 as u64);
+            let total: u64 = raw.backend.iter().map(|b| weight(&b)).sum();
             if vnodes.saturating_mul(total) > MAX_POINTS {
                 let m = format!("routing.vnodes ({vnodes}) × total weight ({total}) exceeds {MAX_POINTS} ring points");
-                return Err(at(0..0, m));
+                // At vnodes if written, else at the heaviest backend's weight.
+                let heaviest = raw.backend.iter().max_by_key(weight);
+                let span = v.as_ref().map(|v| v.span());
+                let span = span.or_else(|| heaviest?.weight.as_ref().map(|w| w.span()));
+                return Err(at(span.unwrap_or(0..0), m));
             }
         }
         (Some(_), Some(v)) => {
@@ -114,4 +145,14 @@ pub(super) fn across_fields(
         (Some(_), None) => {}
     }
     Ok(warnings)
+}
+
+/// Whether two listening addresses take the same port: equal, or one of
+/// them the wildcard of its family (IPv6's `[::]` takes IPv4 too, as
+/// Linux binds it dual-stack by default).
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && (a.ip().to_canonical() == b.ip().to_canonical()
+            || a.ip().is_unspecified()
+            || b.ip().is_unspecified())
 }

@@ -12,7 +12,7 @@ const MAX_POINTS: i64 = crate::ring::MAX_POINTS as i64;
 // ---- the file as written ----------------------------------------------
 
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, expecting = "a table", default)]
 pub(super) struct RawFile {
     pub listen: RawListen,
     pub admin: RawAdmin,
@@ -25,30 +25,30 @@ pub(super) struct RawFile {
 }
 
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, expecting = "a table [listen]", default)]
 pub(super) struct RawListen {
-    pub address: Option<Addr>,
+    pub address: Option<Spanned<Addr>>,
     pub tls: Option<RawTls>,
     pub tls_address: Option<Spanned<Addr>>,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "an inline table { cert, key }")]
 pub(super) struct RawTls {
     cert: Spanned<FilePath>,
     key: Spanned<FilePath>,
 }
 
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, expecting = "a table [admin]", default)]
 pub(super) struct RawAdmin {
-    pub address: Option<Addr>,
+    pub address: Option<Spanned<Addr>>,
 }
 
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, expecting = "a table [routing]", default)]
 pub(super) struct RawRouting {
-    key: Option<Vec<Key>>,
+    pub key: Option<Vec<Spanned<String>>>,
     missing_key: RawMissingKey,
     pub algorithm: Option<Spanned<RawAlgorithm>>,
     pub vnodes: Option<Spanned<Int<1, MAX_POINTS, { DEFAULT_VNODES as i64 }>>>,
@@ -76,7 +76,7 @@ pub(super) enum RawAlgorithm {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "an inline table { name, max_age }")]
 struct RawStickyCookie {
     name: Token,
     #[serde(default)]
@@ -84,7 +84,7 @@ struct RawStickyCookie {
 }
 
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, expecting = "a table [timeouts]", default)]
 struct RawTimeouts {
     connect: Dur<1_000>,
     response_headers: Dur<30_000>,
@@ -101,7 +101,7 @@ struct RawTimeouts {
 const MIN_INTERVAL_NS: u64 = MIN_HEALTH_INTERVAL.as_nanos() as u64;
 
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, expecting = "a table [health]", default)]
 struct RawHealth {
     path: Option<AbsolutePath>,
     interval: Dur<2_000, MIN_INTERVAL_NS>,
@@ -111,7 +111,7 @@ struct RawHealth {
 }
 
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, expecting = "a table [limits]", default)]
 struct RawLimits {
     max_connections: Int<1, 10_000_000, 20_000>,
     max_request_header_bytes: Int<{ MIN_HEADER_BYTES as i64 }, { MAX_HEADER_BYTES as i64 }, 16_384>,
@@ -119,7 +119,7 @@ struct RawLimits {
 }
 
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, expecting = "a table [log]", default)]
 struct RawLog {
     access: bool,
     format: RawFormat,
@@ -134,12 +134,11 @@ enum RawFormat {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table [[backend]]")]
 pub(super) struct RawBackend {
     pub name: Spanned<Name>,
     pub address: Spanned<HostPort>,
-    #[serde(default)]
-    pub weight: Int<1, { u32::MAX as i64 }, 1>,
+    pub weight: Option<Spanned<Int<1, { u32::MAX as i64 }, 1>>>,
 }
 
 // ---- values checked as they are read ------------------------------------
@@ -314,20 +313,6 @@ impl TryFrom<String> for FilePath {
     }
 }
 
-/// One `routing.key` entry.
-#[derive(Deserialize)]
-#[serde(try_from = "String")]
-struct Key(KeySource);
-
-impl TryFrom<String> for Key {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        key_source(&s)
-            .map(Key)
-            .map_err(|m| format!(" entry {s:?}{m}"))
-    }
-}
-
 // ---- reading ------------------------------------------------------------
 
 /// Parses and validates a config file's text. `origin` names the file in
@@ -335,8 +320,15 @@ impl TryFrom<String> for Key {
 pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
     let at = |span: Range<usize>, message: String| locate(text, origin, span.start, message);
     let raw: RawFile = toml::from_str(text).map_err(|mut e| {
-        let start = e.span().map_or(0, |s| s.start);
-        at(start..start, with_key_path(&mut e))
+        let span = e.span().unwrap_or(0..0);
+        let mut message = with_key_path(&mut e);
+        if message.ends_with("duplicate key") {
+            let key = text.get(span.clone()).unwrap_or("").trim();
+            if !key.is_empty() && !key.contains('\n') {
+                message = format!("{message} `{key}`");
+            }
+        }
+        at(span.start..span.start, message)
     })?;
     let warnings = super::check::across_fields(&raw, text, &at)?;
     Ok(raw.into_config(text, origin, warnings))
@@ -380,7 +372,10 @@ impl RawFile {
         let t = self.timeouts;
         Config {
             listen: Listen {
-                address: self.listen.address.map_or(DEFAULT_LISTEN, |a| a.0),
+                address: self
+                    .listen
+                    .address
+                    .map_or(DEFAULT_LISTEN, |a| a.get_ref().0),
                 tls_at: self
                     .listen
                     .tls
@@ -393,12 +388,15 @@ impl RawFile {
                 tls_address: self.listen.tls_address.map(|a| a.into_inner().0),
             },
             admin: Admin {
-                address: self.admin.address.map_or(DEFAULT_ADMIN, |a| a.0),
+                address: self.admin.address.map_or(DEFAULT_ADMIN, |a| a.get_ref().0),
             },
             routing: Routing {
-                key: r
-                    .key
-                    .map_or_else(default_keys, |k| k.into_iter().map(|k| k.0).collect()),
+                // Each entry was checked (with its position) by `check`.
+                key: r.key.map_or_else(default_keys, |k| {
+                    k.iter()
+                        .filter_map(|s| key_source(s.get_ref()).ok())
+                        .collect()
+                }),
                 missing_key: match r.missing_key {
                     RawMissingKey::ClientIp => MissingKey::ClientIp,
                     RawMissingKey::Random => MissingKey::Random,
@@ -448,7 +446,10 @@ impl RawFile {
                 .map(|b| BackendConfig {
                     name: b.name.into_inner().0,
                     address: b.address.into_inner().0,
-                    weight: NonZeroU32::new(b.weight.get()).unwrap_or(NonZeroU32::MIN),
+                    weight: b
+                        .weight
+                        .and_then(|w| NonZeroU32::new(w.into_inner().get()))
+                        .unwrap_or(NonZeroU32::MIN),
                 })
                 .collect(),
             warnings,
@@ -468,6 +469,9 @@ pub(super) fn default_keys() -> Vec<KeySource> {
 pub(super) fn key_source(s: &str) -> Result<KeySource, String> {
     if s == "client-ip" {
         return Ok(KeySource::ClientIp);
+    }
+    if let Some(("client-ip", _)) = s.split_once(':') {
+        return Err(": client-ip takes no name".into());
     }
     let Some((kind, name)) = s.split_once(':') else {
         return Err(

@@ -10,13 +10,13 @@ fn parse(text: &str) -> Config {
     from_toml_str(text, "t.toml").unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 
-/// `n` backends named b0.. on ports 9000..
+/// `n` backends named b0.. on ports 20000..
 fn pool(n: usize) -> String {
     (0..n)
         .map(|i| {
             format!(
                 "[[backend]]\nname = \"b{i}\"\naddress = \"127.0.0.1:{}\"\n",
-                9000 + i
+                20_000 + i
             )
         })
         .collect()
@@ -150,13 +150,14 @@ fn every_rejection_names_its_line_column_and_cause() {
         (format!("[log]\nformat = \"xml\"\n{ONE}"), 2, 10, &["log.format", "unknown variant `xml`", "`json`"]),
         (format!("[routing]\nalgorithm = \"jump\"\n{ONE}"), 2, 13, &["routing.algorithm", "unknown variant `jump`", "`maglev`"]),
         (format!("[routing]\nmissing_key = \"drop\"\n{ONE}"), 2, 15, &["routing.missing_key", "`reject`"]),
-        // An entry is placed at its list.
-        (format!("[routing]\nkey = [\"body:x\"]\n{ONE}"), 2, 7, &["routing.key entry \"body:x\": unknown source \"body\""]),
-        (format!("[routing]\nkey = [\"header:\"]\n{ONE}"), 2, 7, &["routing.key entry \"header:\": \"\" is not a valid header name"]),
-        (format!("[routing]\nkey = [\"client-ip\", \"x\"]\n{ONE}"), 2, 7, &["routing.key entry \"x\" must be \"header:NAME\""]),
+        (format!("[routing]\nkey = [\"body:x\"]\n{ONE}"), 2, 8, &["routing.key entry \"body:x\": unknown source \"body\""]),
+        (format!("[routing]\nkey = [\"header:\"]\n{ONE}"), 2, 8, &["routing.key entry \"header:\": \"\" is not a valid header name"]),
+        (format!("[routing]\nkey = [\"client-ip\", \"x\"]\n{ONE}"), 2, 21, &["routing.key entry \"x\" must be \"header:NAME\""]),
+        (format!("[routing]\nkey = [\n  \"header:x\",\n  \"bogus:y\",\n]\n{ONE}"), 4, 3, &["entry \"bogus:y\""]),
+        (format!("[routing]\nkey = [\"client-ip:x\"]\n{ONE}"), 2, 8, &["client-ip takes no name"]),
         (format!("[routing]\nseed = -1\n{ONE}"), 2, 8, &["routing.seed must be from 0"]),
         (format!("[routing]\nvnodes = 0\n{ONE}"), 2, 10, &["routing.vnodes must be from 1 to 16777216, not 0"]),
-        (format!("[routing]\nvnodes = 16777216\n{}", pool(2)), 1, 1, &["routing.vnodes (16777216) × total weight (2) exceeds 16777216 ring points"]),
+        (format!("[routing]\nvnodes = 16777216\n{}", pool(2)), 2, 10, &["routing.vnodes (16777216) × total weight (2) exceeds 16777216 ring points"]),
         (format!("[routing]\nbalance_factor = 0.5\n{ONE}"), 2, 18, &["routing.balance_factor must be a number from 1.0 to 100.0", "not 0.5"]),
         (format!("[routing]\nsticky_cookie = {{ name = \"a b\" }}\n{ONE}"), 2, 26, &["routing.sticky_cookie.name \"a b\" is not a valid cookie name"]),
         (format!("[routing]\nsticky_cookie = {{ name = \"sid\", max_age = \"soon\" }}\n{ONE}"), 2, 43, &["routing.sticky_cookie.max_age: \"soon\" is not a duration"]),
@@ -173,10 +174,21 @@ fn every_rejection_names_its_line_column_and_cause() {
         (format!("[routing]\nalgorithm = \"maglev\"\ntable_size = 99999999999\n{ONE}"), 3, 14, &["not 99999999999"]),
         (format!("[listen]\naddress = \"localhost:80\"\n{ONE}"), 2, 11, &["listen.address: \"localhost:80\" is not an IP:port address"]),
         (format!("[listen]\ntls_address = \"127.0.0.1:8443\"\n{ONE}"), 2, 15, &["listen.tls_address needs listen.tls"]),
-        (format!("[listen]\ntls = {{ cert = \"c\", key = \"k\" }}\ntls_address = \"127.0.0.1:8080\"\n{ONE}"), 3, 15, &["listen.tls_address and listen.address are both 127.0.0.1:8080"]),
+        (format!("[listen]\ntls = {{ cert = \"c\", key = \"k\" }}\ntls_address = \"127.0.0.1:8080\"\n{ONE}"), 3, 15, &["listen.tls_address 127.0.0.1:8080 and listen.address 127.0.0.1:8080 overlap"]),
         (format!("[listen]\ntls = {{ cert = \"c.pem\" }}\n{ONE}"), 2, 7, &["missing field `key`"]),
         (format!("[listen]\ntls = {{ cert = \" \", key = \"k\" }}\n{ONE}"), 2, 16, &["listen.tls.cert must be a file path"]),
-        (format!("[admin]\naddress = \"127.0.0.1:8080\"\n{ONE}"), 1, 1, &["admin.address and a listen address are both 127.0.0.1:8080"]),
+        (format!("[admin]\naddress = \"127.0.0.1:8080\"\n{ONE}"), 2, 11, &["admin.address 127.0.0.1:8080 and the listen address 127.0.0.1:8080 overlap"]),
+        // A wildcard takes the port on every address of its family (and
+        // IPv6's on IPv4 too).
+        (format!("[listen]\naddress = \"0.0.0.0:8000\"\n[admin]\naddress = \"127.0.0.1:8000\"\n{ONE}"), 4, 11, &["overlap"]),
+        (format!("[listen]\naddress = \"[::]:8000\"\n[admin]\naddress = \"127.0.0.1:8000\"\n{ONE}"), 4, 11, &["overlap"]),
+        (format!("[listen]\ntls = {{ cert = \"c\", key = \"k\" }}\naddress = \"0.0.0.0:80\"\ntls_address = \"127.0.0.1:80\"\n{ONE}"), 4, 15, &["overlap"]),
+        ("[[backend]]\nname = \"self\"\naddress = \"127.0.0.1:8080\"\n".into(), 3, 11, &["the proxy's own address 127.0.0.1:8080"]),
+        ("[listen]\naddress = \"0.0.0.0:80\"\n[[backend]]\nname = \"self\"\naddress = \"127.0.0.1:80\"\n".into(), 5, 11, &["loop back into the proxy"]),
+        (format!("{ONE}[[backend]]\nname = \"b\"\naddress = \"127.0.0.1:09001\"\n"), 6, 11, &["duplicate backend address \"127.0.0.1:09001\" (first used on line 3)"]),
+        ("[[backend]]\nname = \"a\"\naddress = \"[::1]:1\"\n[[backend]]\nname = \"b\"\naddress = \"[0:0:0:0:0:0:0:1]:1\"\n".into(), 6, 11, &["duplicate backend address"]),
+        (format!("[health]\nfall = 3\nfall = 4\n{ONE}"), 3, 1, &["duplicate key `fall`"]),
+        (format!("[listen]\ntls = \"x\"\n{ONE}"), 2, 7, &["listen.tls", "expected an inline table { cert, key }"]),
     ];
     for (text, line, column, words) in rows {
         let e = from_toml_str(&text, "t.toml").expect_err(&text);
