@@ -26,13 +26,36 @@ use tokio::sync::watch;
 )]
 struct Cli {
     /// The config file.
-    #[arg(long, short, global = true, default_value = "config.toml")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "STICKYLB_CONFIG",
+        default_value = "config.toml"
+    )]
     config: PathBuf,
+    /// The application log's format on stderr (the access log's is
+    /// `[log] format`).
+    #[arg(
+        long,
+        global = true,
+        env = "STICKYLB_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     /// Worker threads for the proxy (default: one per CPU).
     #[arg(long, global = true)]
     threads: Option<usize>,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    /// One JSON object a line: timestamp, level, target, fields.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -86,15 +109,17 @@ impl<E: std::fmt::Display> From<E> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,rustls=error,notify=error")
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error,notify=error"));
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => log
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => log.json().with_current_span(false).init(),
+    }
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Check => check(&cli.config),
         Command::Route { keys } => route(&cli.config, &keys),

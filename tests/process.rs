@@ -17,6 +17,16 @@ struct Running {
     /// Log lines read while waiting for another.
     passed: Vec<String>,
     stdout: mpsc::Receiver<String>,
+    /// With `Stdout::Unread`, the pipe nobody reads (kept open).
+    _unread: Option<std::process::ChildStdout>,
+}
+
+/// Whether the test reads the child's stdout (the access log).
+#[derive(Clone, Copy, PartialEq)]
+enum Stdout {
+    Read,
+    /// Left unread: the pipe fills and stays full.
+    Unread,
 }
 
 impl Drop for Running {
@@ -44,7 +54,11 @@ fn lines(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
 impl Running {
     /// With `open_files`, the process runs under that open-files limit
     /// (soft and hard), set by `prlimit` before it starts.
-    fn start_with_open_files(config: &std::path::Path, open_files: Option<u64>) -> Self {
+    fn start_with_open_files(
+        config: &std::path::Path,
+        open_files: Option<u64>,
+        out: Stdout,
+    ) -> Self {
         let bin = env!("CARGO_BIN_EXE_stickylb");
         let mut cmd = match open_files {
             Some(n) => {
@@ -68,12 +82,16 @@ impl Running {
             .spawn()
             .expect("start stickylb");
         let stderr = lines(child.stderr.take().unwrap());
-        let stdout = lines(child.stdout.take().unwrap());
+        let (stdout, unread) = match out {
+            Stdout::Read => (lines(child.stdout.take().unwrap()), None),
+            Stdout::Unread => (mpsc::channel().1, child.stdout.take()),
+        };
         let mut r = Running {
             child,
             stderr,
             passed: Vec::new(),
             stdout,
+            _unread: unread,
         };
         r.wait_log("listening on");
         r
@@ -135,6 +153,15 @@ struct Launched {
 }
 
 fn launch(backends: &[&TestBackend], extra: &str, open_files: Option<u64>) -> Launched {
+    launch_to(backends, extra, open_files, Stdout::Read)
+}
+
+fn launch_to(
+    backends: &[&TestBackend],
+    extra: &str,
+    open_files: Option<u64>,
+    out: Stdout,
+) -> Launched {
     let (port, admin_port) = (free_port(), free_port());
     let mut text = format!(
         "[listen]\naddress = \"127.0.0.1:{port}\"\n[admin]\naddress = \"127.0.0.1:{admin_port}\"\n{extra}\n"
@@ -149,7 +176,7 @@ fn launch(backends: &[&TestBackend], extra: &str, open_files: Option<u64>) -> La
     let path = dir.path().join("config.toml");
     std::fs::write(&path, &text).unwrap();
     Launched {
-        run: Running::start_with_open_files(&path, open_files),
+        run: Running::start_with_open_files(&path, open_files, out),
         proxy: format!("127.0.0.1:{port}").parse().unwrap(),
         admin: format!("127.0.0.1:{admin_port}").parse().unwrap(),
         _dir: dir,
@@ -338,4 +365,177 @@ async fn on_sigterm_healthz_says_draining_while_the_proxy_serves_for_shutdown_de
     let r = send(&client, get(proxy, "/", &[("x-client-id", "late")])).await;
     assert_eq!(r.status, StatusCode::OK, "served during shutdown_delay");
     assert_eq!(run.exit_code().await, Some(0));
+}
+
+/// Reads `n` access-log lines (JSON), 10 s at most for each.
+fn access_lines(run: &Running, n: usize) -> Vec<serde_json::Value> {
+    (0..n)
+        .map(|i| {
+            let line = run
+                .stdout
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("access-log line {i} of {n}: {e}"));
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+        })
+        .collect()
+}
+
+/// A full outage, as an error-rate alert must see it: every backend down,
+/// and every 503 counted in `responses_total` and by cause, with an
+/// access-log line each; so are the proxy's other refusals (missing key,
+/// a head over the limit, a malformed head).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outage_is_counted_and_logged_for_every_response() {
+    // Two addresses nothing listens on: health checks take both out.
+    let dead: Vec<TestBackend> = {
+        let mut v = Vec::new();
+        for name in ["b1", "b2"] {
+            let b = spawn_backend(name).await;
+            v.push(b);
+        }
+        v
+    };
+    let refs: Vec<_> = dead.iter().collect();
+    let Launched {
+        run,
+        proxy,
+        admin,
+        _dir,
+    } = launch(
+        &refs,
+        "[log]\naccess = true\nformat = \"json\"\n[routing]\nmissing_key = \"reject\"\n\
+         [health]\ninterval = \"100ms\"\nfall = 1\n[limits]\nmax_request_header_bytes = 16384",
+        None,
+    );
+    drop(dead);
+    let client = client();
+    // Both are down once /ring says so (bounded: 10 s).
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let ring = send(&client, get(admin, "/ring", &[])).await.text();
+            if ring.matches("\"healthy\":false").count() == 2 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("both backends marked down");
+
+    const N: usize = 20;
+    for i in 0..N {
+        let id = format!("client-{i}");
+        let r = send(&client, get(proxy, "/x", &[("x-client-id", &id)])).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let lines = access_lines(&run, N);
+    for l in &lines {
+        assert_eq!(l["status"], 503, "{l}");
+        assert_eq!(l["cause"], "no_backend", "{l}");
+        assert_eq!(l["backend"], "", "{l}");
+        assert_eq!(l["key_source"], "header", "{l}");
+        assert_eq!(l["path"], "/x", "{l}");
+        assert!(l["key_hash"].is_u64(), "{l}");
+    }
+
+    // The proxy's other refusals, each with its line and cause.
+    let no_key = send(&client, get(proxy, "/", &[])).await;
+    assert_eq!(no_key.status, StatusCode::BAD_REQUEST);
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "x".repeat(64 * 1024)
+    );
+    let too_large =
+        common::recording::raw_exchange(proxy, huge.as_bytes(), Duration::from_secs(5)).await;
+    assert!(String::from_utf8_lossy(&too_large).starts_with("HTTP/1.1 431"));
+    let malformed = common::recording::raw_exchange(
+        proxy,
+        b"GET / HTTP/1.1\r\nHo st: a\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(String::from_utf8_lossy(&malformed).starts_with("HTTP/1.1 400"));
+    let causes: Vec<_> = access_lines(&run, 3)
+        .iter()
+        .map(|l| {
+            (
+                l["status"].as_u64().unwrap(),
+                l["cause"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for want in [
+        (400, "missing_key"),
+        (431, "header_too_large"),
+        (400, "bad_request"),
+    ] {
+        assert!(
+            causes.contains(&(want.0, want.1.to_string())),
+            "{want:?} not in {causes:?}"
+        );
+    }
+
+    let m = send(&client, get(admin, "/metrics", &[])).await.text();
+    let count = |series: &str| metric(&m, series).unwrap_or(-1.0);
+    assert_eq!(
+        count("stickylb_responses_total{code_class=\"5xx\"}"),
+        N as f64,
+        "{m}"
+    );
+    assert_eq!(
+        count("stickylb_responses_total{code_class=\"4xx\"}"),
+        3.0,
+        "{m}"
+    );
+    assert_eq!(
+        count("stickylb_proxy_responses_total{cause=\"no_backend\"}"),
+        N as f64
+    );
+    assert_eq!(
+        count("stickylb_proxy_responses_total{cause=\"missing_key\"}"),
+        1.0
+    );
+    assert_eq!(
+        count("stickylb_proxy_responses_total{cause=\"header_too_large\"}"),
+        1.0
+    );
+    assert_eq!(
+        count("stickylb_proxy_responses_total{cause=\"bad_request\"}"),
+        1.0
+    );
+    assert_eq!(count("stickylb_access_log_dropped_total"), 0.0);
+}
+
+/// SPEC: writing the access log never blocks a request. With stdout a pipe
+/// nobody reads, the pipe fills after a few hundred lines; thousands more
+/// requests are still served, and the lines that could not be written are
+/// counted as dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unread_stdout_never_stalls_requests() {
+    let backend = spawn_backend("b1").await;
+    let Launched {
+        run: _run,
+        proxy,
+        admin,
+        _dir,
+    } = launch_to(&[&backend], "[log]\naccess = true", None, Stdout::Unread);
+    let client = client();
+    // A 64 KiB pipe and the writer's 64 KiB buffer hold about 600 lines of
+    // about 220 bytes; the queue 16,384 more. 20,000 requests overflow all.
+    const N: usize = 20_000;
+    let started = std::time::Instant::now();
+    let mut slowest = Duration::ZERO;
+    for i in 0..N {
+        let t = std::time::Instant::now();
+        let r = send(&client, get(proxy, "/", &[("x-client-id", &i.to_string())])).await;
+        assert_eq!(r.status, StatusCode::OK, "request {i}");
+        slowest = slowest.max(t.elapsed());
+    }
+    let m = send(&client, get(admin, "/metrics", &[])).await.text();
+    let dropped = metric(&m, "stickylb_access_log_dropped_total").unwrap_or(0.0);
+    println!(
+        "{N} requests in {:?} with stdout unread; slowest {slowest:?}; {dropped} lines dropped",
+        started.elapsed()
+    );
+    assert!(dropped >= 1.0, "{m}");
 }

@@ -156,6 +156,11 @@ impl Admin {
         }
         match req.uri().path() {
             "/metrics" => {
+                for b in self.router.load().backends.iter() {
+                    let (open, idle) = (b.pool.open_count(), b.pool.idle_count());
+                    let active = open.saturating_sub(idle);
+                    self.metrics.set_backend_connections(&b.name, idle, active);
+                }
                 let mut r = text(StatusCode::OK, self.metrics.encode());
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 /// `[health]` is configured) until `shutdown` resolves.
 pub async fn run(router: Arc<Router>, shutdown: impl Future<Output = ()>) {
     let mut swaps = router.subscribe_swaps();
-    let mut probes: HashMap<(Arc<str>, Box<str>), ProbeTask> = HashMap::new();
+    let mut probes: HashMap<(Arc<str>, Arc<str>), ProbeTask> = HashMap::new();
     tokio::pin!(shutdown);
     loop {
         swaps.borrow_and_update();
@@ -68,7 +68,7 @@ impl Drop for ProbeTask {
 
 struct Probe {
     name: Arc<str>,
-    address: Box<str>,
+    address: Arc<str>,
     health: Arc<Health>,
     gauge: IntGauge,
 }

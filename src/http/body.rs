@@ -9,7 +9,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -43,9 +43,13 @@ pub enum BodyFault {
 
 /// Progress of a client body, shared between the body (inside the
 /// upstream connection's task) and the request that waits for the
-/// response; one atomic, since those two may run on different workers.
+/// response; atomics, since those two may run on different workers.
 #[derive(Debug, Default)]
-pub struct BodyProgress(AtomicU8);
+pub struct BodyProgress {
+    state: AtomicU8,
+    /// Data bytes read from the client so far.
+    bytes: AtomicU64,
+}
 
 const SENDING: u8 = 0;
 const DONE: u8 = 1;
@@ -55,12 +59,17 @@ const STALLED: u8 = 3;
 impl BodyProgress {
     /// Whether the body is still being sent (neither complete nor failed).
     pub fn sending(&self) -> bool {
-        self.0.load(Ordering::Acquire) == SENDING
+        self.state.load(Ordering::Acquire) == SENDING
+    }
+
+    /// Data bytes read from the client so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// The client's fault, if its body failed.
     pub fn fault(&self) -> Option<BodyFault> {
-        match self.0.load(Ordering::Acquire) {
+        match self.state.load(Ordering::Acquire) {
             BROKEN => Some(BodyFault::Broken),
             STALLED => Some(BodyFault::Stalled),
             _ => None,
@@ -70,7 +79,7 @@ impl BodyProgress {
     fn set(&self, state: u8) {
         // Only the first outcome counts.
         let _ = self
-            .0
+            .state
             .compare_exchange(SENDING, state, Ordering::AcqRel, Ordering::Acquire);
     }
 }
@@ -136,6 +145,10 @@ impl Body for ClientBody {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 self.moved = true;
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    self.progress.bytes.fetch_add(n, Ordering::Relaxed);
+                }
                 if self.inner.is_end_stream() {
                     self.progress.set(DONE);
                 }

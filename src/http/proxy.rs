@@ -10,6 +10,7 @@ use crate::http::error::{ProxyError, UpstreamErrorKind};
 use crate::http::idle::{self, Activity, Tracked};
 use crate::http::upstream::{Conn, ConnectError, SendError, UpstreamBody};
 use crate::http::wire;
+use crate::observe::access_log::{AccessLog, Entry};
 use crate::observe::metrics::{Metrics, PROXY_RESPONSE_CAUSES};
 use crate::routing::backend::{Backend, InFlight};
 use crate::routing::key::{GeneratedId, Key, KeyKind, NoKey};
@@ -84,6 +85,8 @@ pub struct Proxy {
     proxy_responses: [IntCounter; PROXY_RESPONSE_CAUSES.len()],
     /// `responses_total` children, by status class (1xx..5xx).
     responses: [IntCounter; 5],
+    /// The access log's writer, started by the first line to write.
+    access_log: OnceLock<Option<Arc<AccessLog>>>,
 }
 
 /// What the pick phase decided, carried to the later phases.
@@ -91,7 +94,6 @@ struct Picked {
     /// The chosen backend, with the request counted in flight there.
     in_flight: InFlight,
     hash: u64,
-    source: KeyKind,
     response_timeout: Duration,
     client_body_read: Duration,
     /// `health.fall` when health checks run: connect failures count too.
@@ -103,10 +105,35 @@ struct Picked {
 }
 
 /// A backend's response body streamed to the client; the backend counts
-/// the request as in flight until the body ends or is dropped.
+/// the request as in flight until the body ends or is dropped, and its
+/// access-log line (if any) is written then, with the bytes sent.
 pub struct Streamed {
     body: UpstreamBody,
     _in_flight: InFlight,
+    log: Option<Box<Pending>>,
+}
+
+/// An access-log line waiting for the end of the response body.
+struct Pending {
+    entry: Entry,
+    format: LogFormat,
+    start: Instant,
+    to: Arc<AccessLog>,
+}
+
+impl Drop for Streamed {
+    fn drop(&mut self) {
+        if let Some(p) = self.log.take() {
+            let Pending {
+                mut entry,
+                format,
+                start,
+                to,
+            } = *p;
+            entry.duration = start.elapsed();
+            to.write(entry, format);
+        }
+    }
 }
 
 impl Body for Streamed {
@@ -117,7 +144,13 @@ impl Body for Streamed {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if let (Some(p), std::task::Poll::Ready(Some(Ok(frame)))) = (&mut self.log, &polled) {
+            if let Some(data) = frame.data_ref() {
+                p.entry.bytes_out += data.len() as u64;
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -144,6 +177,7 @@ impl Proxy {
             router,
             metrics,
             total_in_flight: Arc::new(AtomicI64::new(0)),
+            access_log: OnceLock::new(),
         }
     }
 
@@ -168,26 +202,40 @@ impl Proxy {
         let upgrade = wire::upgrade_of(req.version(), req.headers())
             .map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
         let (mut parts, body) = req.into_parts();
+        // Cheap copies (no allocation) for the finish phase.
+        let mut done = Done {
+            start,
+            client: conn.peer,
+            method: parts.method.clone(),
+            path: parts.uri.path_and_query().cloned(),
+            version: parts.version,
+            key: None,
+            backend: None,
+            backend_counts: false,
+            error: None,
+            log: None,
+            body: None,
+        };
         let picked = match wire::check_request(&parts)
             .map_err(ProxyError::from)
-            .and_then(|()| self.pick(&parts, conn, state))
+            .and_then(|()| self.pick(&parts, conn, state, &mut done.key))
         {
             Ok(picked) => picked,
             Err(e) => {
-                log_error(e, None, &parts.method, parts.uri.path());
-                let mut resp = self.answer(e);
+                let path = parts.uri.path();
+                log_error(e, None, &parts.method, path);
+                let mut resp = error_response(e);
                 if !body.is_end_stream() && parts.version < http::Version::HTTP_2 {
                     // The body is not read: the connection cannot go on.
                     close_connection(&mut resp);
                 }
-                self.sent(resp.status().as_u16());
-                return resp;
+                done.error = Some(e);
+                done.log = Some(self.router.load().log);
+                return self.finish(resp, done);
             }
         };
-        // Cheap copies (no allocation) for the log lines after the request is sent.
-        let method = parts.method.clone();
+        done.log = Some(picked.log);
         let client_version = parts.version;
-        let path = parts.uri.path_and_query().cloned();
         let trailers = wire::accepts_trailers(&parts);
         let backend_host = &picked.in_flight.backend().host;
         let fallback_host =
@@ -210,34 +258,34 @@ impl Proxy {
             (RequestBody::Client(body), Some(progress))
         };
         let req = Request::from_parts(parts, body);
-        let (hash, fall, timeout) = (picked.hash, picked.fall, picked.response_timeout);
-        let (source, log) = (picked.source, picked.log);
         let exchange = Exchange {
-            hash,
-            fall,
-            response_timeout: timeout,
+            hash: picked.hash,
+            fall: picked.fall,
+            response_timeout: picked.response_timeout,
             body: progress.as_deref(),
             fallback_host,
         };
         let result = self.forward(req, picked.in_flight, exchange).await;
-        let path = path.as_ref().map_or("/", |p| p.path());
-        let mut backends_answer = true;
+        done.body = progress;
+        let path = done.path.as_ref().map_or("/", |p| p.path());
         let (mut resp, backend) = match result {
             Ok((resp, backend, _))
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_none() =>
             {
                 let e = ProxyError::UnaskedUpgrade;
                 self.upstream_failed(&backend, e);
-                log_error(e, Some(&backend), &method, path);
-                (self.answer(e), backend)
+                log_error(e, Some(&backend), &done.method, path);
+                done.error = Some(e);
+                (error_response(e), backend)
             }
             Ok((resp, backend, _))
                 if client_version != http::Version::HTTP_11
                     && wire::has_other_codings(resp.headers()) =>
             {
                 let e = ProxyError::Coding;
-                log_error(e, Some(&backend), &method, path);
-                (self.answer(e), backend)
+                log_error(e, Some(&backend), &done.method, path);
+                done.error = Some(e);
+                (error_response(e), backend)
             }
             Ok((mut resp, backend, in_flight)) => {
                 let mut protocol = None;
@@ -261,46 +309,99 @@ impl Proxy {
                 let body = Streamed {
                     body,
                     _in_flight: in_flight,
+                    log: None,
                 };
+                done.backend_counts = true;
                 (Response::from_parts(parts, Either::Left(body)), backend)
             }
             Err((e, backend)) => {
-                log_error(e, Some(&backend), &method, path);
-                let mut resp = self.answer(e);
+                log_error(e, Some(&backend), &done.method, path);
+                let mut resp = error_response(e);
                 if e.ends_connection() && client_version < http::Version::HTTP_2 {
                     close_connection(&mut resp);
                 }
                 // The client's fault or the proxy's own limit: the
                 // backend's request count and latency stay its own.
-                backends_answer = e.counts_for_backend();
+                done.backend_counts = e.counts_for_backend();
+                done.error = Some(e);
                 (resp, backend)
             }
         };
         if let Some((cookie, id)) = &picked.set_cookie {
             set_cookie(resp.headers_mut(), cookie, id, conn.scheme == "https");
         }
+        done.backend = Some(backend);
+        self.finish(resp, done)
+    }
+
+    /// Phase finish: every response to a client passes here exactly once,
+    /// the backend's and the proxy's own alike. It is counted in
+    /// `responses_total`, by cause in `proxy_responses_total` if the proxy
+    /// made it, in the chosen backend's `requests_total` and latency if the
+    /// backend answered, and (with `[log] access`) given its access-log
+    /// line, written when its body ends.
+    fn finish(&self, mut resp: Response<ProxyBody>, done: Done) -> Response<ProxyBody> {
         let status = resp.status().as_u16();
         self.sent(status);
-        if backends_answer {
-            backend.metrics.request(status);
-            backend
-                .metrics
-                .duration
-                .observe(start.elapsed().as_secs_f64());
+        if let Some(e) = done.error {
+            self.proxy_response(e.cause());
         }
-        if log.access {
-            let entry = Access {
-                client: conn.peer,
-                method: &method,
-                path,
-                status,
-                backend: &backend.name,
-                source,
-                took: start.elapsed(),
-            };
-            entry.write(log.format);
+        if let (true, Some(b)) = (done.backend_counts, &done.backend) {
+            b.metrics.request(status);
+            b.metrics
+                .duration
+                .observe(done.start.elapsed().as_secs_f64());
+        }
+        let Some(log) = done.log.filter(|l| l.access) else {
+            return resp;
+        };
+        let Some(to) = self.access_log() else {
+            return resp;
+        };
+        let start = done.start;
+        let mut entry = done.entry(status);
+        match resp.body_mut() {
+            Either::Left(streamed) => {
+                streamed.log = Some(Box::new(Pending {
+                    entry,
+                    format: log.format,
+                    start,
+                    to,
+                }));
+            }
+            Either::Right(full) => {
+                entry.bytes_out = full.size_hint().exact().unwrap_or(0);
+                entry.duration = start.elapsed();
+                to.write(entry, log.format);
+            }
         }
         resp
+    }
+
+    /// The access log's writer, started on first use; `None` (every line
+    /// dropped and counted) if its thread cannot be started.
+    fn access_log(&self) -> Option<Arc<AccessLog>> {
+        let log = self.access_log.get_or_init(|| {
+            let dropped = self.metrics.access_log_dropped.clone();
+            match AccessLog::stdout(dropped) {
+                Ok(log) => Some(Arc::new(log)),
+                Err(e) => {
+                    tracing::error!("access log: cannot start its writer thread: {e}");
+                    None
+                }
+            }
+        });
+        if log.is_none() {
+            self.metrics.access_log_dropped.inc();
+        }
+        log.clone()
+    }
+
+    /// Counts a response the proxy made itself, by cause.
+    fn proxy_response(&self, cause: &str) {
+        if let Some(i) = PROXY_RESPONSE_CAUSES.iter().position(|c| *c == cause) {
+            self.proxy_responses[i].inc();
+        }
     }
 
     /// Counts a response sent to a client in `responses_total`.
@@ -309,9 +410,11 @@ impl Proxy {
         self.responses[class].inc();
     }
 
-    /// Counts an answer hyper's HTTP/1 parser made itself when it refused
-    /// a request head: 431 for one too large, 400 for any other fault.
-    pub fn parser_rejected(&self, e: &hyper::Error) {
+    /// Accounts for an answer hyper's HTTP/1 parser made itself when it
+    /// refused a request head from `client`: 431 for one too large, 400 for
+    /// any other fault. Counted as the finish phase counts, with an
+    /// access-log line that has no method or path.
+    pub fn parser_rejected(&self, e: &hyper::Error, client: SocketAddr) {
         let (status, cause) = if e.is_parse_too_large() {
             (431, "header_too_large")
         } else if e.is_parse() {
@@ -319,28 +422,42 @@ impl Proxy {
         } else {
             return;
         };
-        if let Some(i) = PROXY_RESPONSE_CAUSES.iter().position(|c| *c == cause) {
-            self.proxy_responses[i].inc();
-        }
+        self.proxy_response(cause);
         self.sent(status);
-    }
-
-    /// The proxy's own answer for `e`, counted by cause.
-    fn answer(&self, e: ProxyError) -> Response<ProxyBody> {
-        let cause = e.cause();
-        if let Some(i) = PROXY_RESPONSE_CAUSES.iter().position(|c| *c == cause) {
-            self.proxy_responses[i].inc();
+        let log = self.router.load().log;
+        if !log.access {
+            return;
         }
-        error_response(e)
+        if let Some(to) = self.access_log() {
+            let entry = Entry {
+                time: std::time::SystemTime::now(),
+                client: client.ip(),
+                method: None,
+                path: None,
+                protocol: http::Version::HTTP_11,
+                status,
+                backend: None,
+                upstream: None,
+                key_source: None,
+                key_hash: None,
+                bytes_in: 0,
+                bytes_out: 0,
+                duration: Duration::ZERO,
+                cause: Some(cause),
+            };
+            to.write(entry, log.format);
+        }
     }
 
     /// Phases key + pick: the request's key, hashed, looked up in the live
-    /// snapshot. The snapshot guard is released before returning.
+    /// snapshot. The snapshot guard is released before returning. `key`
+    /// gets the key's source and hash as soon as they are known.
     fn pick(
         &self,
         req: &http::request::Parts,
         conn: ConnInfo,
         state: &ConnState,
+        key_of: &mut Option<(KeyKind, u64)>,
     ) -> Result<Picked, ProxyError> {
         let snap = self.router.load();
         let mut set_cookie = None;
@@ -360,6 +477,7 @@ impl Proxy {
         };
         self.key_sources[source as usize].inc();
         let hash = snap.ring.hash(key.as_bytes());
+        *key_of = Some((source, hash));
         let (choice, in_flight) = snap
             .choose(hash, &self.total_in_flight, None)
             .ok_or(ProxyError::NoBackend)?;
@@ -370,7 +488,6 @@ impl Proxy {
         Ok(Picked {
             in_flight,
             hash,
-            source,
             response_timeout: snap.timeouts.response_headers,
             client_body_read: snap.timeouts.client_body_read,
             fall: snap.health.as_ref().map(|h| h.fall),
@@ -652,48 +769,46 @@ async fn tunnel_bytes(
     }
 }
 
-/// One access-log line on stdout, when `[log] access = true`.
-/// One request as the access log tells it.
-struct Access<'a> {
+/// What the finish phase needs to know of a request, gathered on the way.
+struct Done {
+    start: Instant,
     client: SocketAddr,
-    method: &'a http::Method,
-    path: &'a str,
-    status: u16,
-    backend: &'a str,
-    source: KeyKind,
-    took: Duration,
+    method: http::Method,
+    path: Option<http::uri::PathAndQuery>,
+    version: http::Version,
+    /// Where the key came from and its hash, once picked.
+    key: Option<(KeyKind, u64)>,
+    /// The backend chosen (the last one tried).
+    backend: Option<Arc<Backend>>,
+    /// Whether the response counts as the backend's (its answer or its fault).
+    backend_counts: bool,
+    /// The proxy's own answer: why.
+    error: Option<ProxyError>,
+    /// The snapshot's `[log]`, once read.
+    log: Option<Log>,
+    /// The client body's progress (bytes read), if it had one.
+    body: Option<Arc<BodyProgress>>,
 }
 
-impl Access<'_> {
-    /// One line on stdout, when `[log] access = true`.
-    fn write(&self, format: LogFormat) {
-        use std::io::Write;
-        let Access {
-            method,
-            path,
+impl Done {
+    /// The access-log entry, less what only the body's end can tell.
+    fn entry(self, status: u16) -> Entry {
+        let elapsed = self.start.elapsed();
+        Entry {
+            time: std::time::SystemTime::now() - elapsed,
+            client: self.client.ip(),
+            method: Some(self.method),
+            path: self.path,
+            protocol: self.version,
             status,
-            backend,
-            ..
-        } = *self;
-        let client = self.client.ip().to_canonical();
-        let source = self.source.as_str();
-        let ms = self.took.as_secs_f64() * 1000.0;
-        let line = match format {
-            LogFormat::Text => format!(
-                "{client} {method} {path} {status} backend={backend} key_source={source} duration_ms={ms:.3}\n"
-            ),
-            LogFormat::Json => {
-                let mut s = serde_json::json!({
-                    "client": client.to_string(), "method": method.as_str(), "path": path,
-                    "status": status, "backend": backend, "key_source": source, "duration_ms": ms,
-                })
-                .to_string();
-                s.push('\n');
-                s
-            }
-        };
-        if let Err(e) = std::io::stdout().lock().write_all(line.as_bytes()) {
-            tracing::debug!("access log write failed: {e}");
+            upstream: self.backend.as_ref().map(|b| b.address.clone()),
+            backend: self.backend.map(|b| b.name.clone()),
+            key_source: self.key.map(|(k, _)| k.as_str()),
+            key_hash: self.key.map(|(_, h)| h),
+            bytes_in: self.body.as_ref().map_or(0, |b| b.bytes()),
+            bytes_out: 0,
+            duration: elapsed,
+            cause: self.error.map(ProxyError::cause),
         }
     }
 }

@@ -271,7 +271,7 @@ impl Connection {
                     if let Err(e) = res {
                         tracing::debug!(%peer, "connection ended: {e}");
                         if let Some(e) = e.downcast_ref::<hyper::Error>() {
-                            self.proxy.parser_rejected(e);
+                            self.proxy.parser_rejected(e, peer);
                         }
                     }
                     return;

@@ -80,6 +80,7 @@ pub struct Metrics {
     responses: IntCounterVec,
     connections_open: IntGaugeVec,
     connections_total: IntCounterVec,
+    backend_connections: IntGaugeVec,
 }
 
 /// One listener's connection metrics (`http`, `https`, `admin`).
@@ -279,8 +280,17 @@ impl Metrics {
             &["listener"],
         )
         .expect("valid metric");
+        let backend_connections = IntGaugeVec::new(
+            opts(
+                "backend_connections",
+                "Upstream connections per backend: idle in the pool, or active (carrying a request or upgraded).",
+            ),
+            &["backend", "state"],
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(proxy_responses.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(backend_connections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(proxy_responses.clone()),
             Box::new(responses.clone()),
             Box::new(connections_open.clone()),
             Box::new(connections_total.clone()),
@@ -341,6 +351,7 @@ impl Metrics {
             responses,
             connections_open,
             connections_total,
+            backend_connections,
         }
     }
 
@@ -372,6 +383,19 @@ impl Metrics {
         let _ = self.healthy.remove_label_values(&[name]);
         let _ = self.in_flight.remove_label_values(&[name]);
         let _ = self.share.remove_label_values(&[name]);
+        for state in ["idle", "active"] {
+            let _ = self.backend_connections.remove_label_values(&[name, state]);
+        }
+    }
+
+    /// Publishes a backend's upstream connections (read at scrape time).
+    pub fn set_backend_connections(&self, name: &str, idle: usize, active: usize) {
+        let set = |state: &str, n: usize| {
+            let g = self.backend_connections.with_label_values(&[name, state]);
+            g.set(i64::try_from(n).unwrap_or(i64::MAX));
+        };
+        set("idle", idle);
+        set("active", active);
     }
 
     /// The `key_source_total` child for a label of `KEY_SOURCES`.

@@ -1,3 +1,5 @@
-//! What the proxy tells about itself: the typed Prometheus metrics.
+//! What the proxy tells about itself: the typed Prometheus metrics and
+//! the access log.
 
+pub mod access_log;
 pub mod metrics;

@@ -16,7 +16,7 @@ pub struct Backend {
     /// Identity on the ring.
     pub name: Arc<str>,
     /// `host:port` as configured.
-    pub address: Box<str>,
+    pub address: Arc<str>,
     /// The address as a `Host` value, built once: the `Host` of an HTTP/1.0
     /// request that carried none (RFC 9112 §3.2).
     pub host: HeaderValue,
