@@ -243,8 +243,7 @@ fn serve(path: &Path, threads: Option<usize>, with_demo: bool) -> Result<(), Fai
             (config.listen.tls_listener(), server::Transport::Tls),
         ] {
             let Some(addr) = addr else { continue };
-            let listener = TcpListener::bind(addr)
-                .await
+            let listener = listen(addr, config.listen.backlog)
                 .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
             listeners.push((listener, transport));
         }
@@ -289,7 +288,11 @@ fn serve(path: &Path, threads: Option<usize>, with_demo: bool) -> Result<(), Fai
             .into_iter()
             .map(|(listener, transport)| {
                 let stop = stopped(stop_rx.clone());
-                tokio::spawn(server::run_with(listener, proxy.clone(), transport, stop))
+                let how = server::Listening {
+                    transport,
+                    proxy_protocol: config.listen.proxy_protocol,
+                };
+                tokio::spawn(server::run_listener(listener, proxy.clone(), how, stop))
             })
             .collect();
         shutdown_signal().await;
@@ -400,4 +403,16 @@ fn backends(n: usize) -> String {
     } else {
         format!("{n} backends")
     }
+}
+
+/// A listening socket with `backlog` places in the kernel's accept queue
+/// (clients waiting while `max_connections` are open wait there).
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }

@@ -75,6 +75,11 @@ pub struct Listen {
     /// Where `listen.tls`'s `cert` and `key` are written (line, column),
     /// so an error in those files points at the setting that names them.
     pub tls_at: Option<[(usize, usize); 2]>,
+    /// Every connection starts with a PROXY protocol v1 or v2 header
+    /// (HAProxy's proxy-protocol.txt), on every listener.
+    pub proxy_protocol: bool,
+    /// The kernel's queue of connections not yet accepted, per listener.
+    pub backlog: u32,
 }
 
 /// `listen.tls`: PEM files, as written (a relative path is relative to the
@@ -116,6 +121,9 @@ pub struct Routing {
     pub balance_factor: Option<f64>,
     /// Give key-less clients a generated id, set as this cookie.
     pub sticky_cookie: Option<StickyCookie>,
+    /// Peers whose `X-Forwarded-For` is believed: the client address is
+    /// then the right-most address in it that is not itself trusted.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// `routing.sticky_cookie`.

@@ -30,6 +30,8 @@ pub(super) struct RawListen {
     pub address: Option<Spanned<Addr>>,
     pub tls: Option<RawTls>,
     pub tls_address: Option<Spanned<Addr>>,
+    proxy_protocol: bool,
+    backlog: Int<1, 65_535, 1024>,
 }
 
 #[derive(Deserialize)]
@@ -56,6 +58,7 @@ pub(super) struct RawRouting {
     seed: Int<0, { i64::MAX }, 0>,
     balance_factor: Option<Factor>,
     sticky_cookie: Option<RawStickyCookie>,
+    trusted_proxies: Vec<Cidr>,
 }
 
 #[derive(Deserialize, Default, Clone, Copy, PartialEq)]
@@ -218,6 +221,23 @@ impl TryFrom<f64> for Factor {
         } else {
             Err(format!(" must be a number from 1.0 to 100.0 (1.25 = no backend above 125% of the mean load), not {f}"))
         }
+    }
+}
+
+/// A CIDR block ("10.0.0.0/8", "fd00::/8") or one address ("10.0.0.1").
+#[derive(Deserialize)]
+#[serde(try_from = "String")]
+struct Cidr(ipnet::IpNet);
+
+impl TryFrom<String> for Cidr {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let net = s
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        net.map(|n| Cidr(n.trunc())).map_err(|_| {
+            format!(": {s:?} is not an address or CIDR block (e.g. \"10.0.0.0/8\", \"192.168.1.10\", \"fd00::/8\")")
+        })
     }
 }
 
@@ -386,6 +406,8 @@ impl RawFile {
                     key: t.key.into_inner().0,
                 }),
                 tls_address: self.listen.tls_address.map(|a| a.into_inner().0),
+                proxy_protocol: self.listen.proxy_protocol,
+                backlog: self.listen.backlog.get(),
             },
             admin: Admin {
                 address: self.admin.address.map_or(DEFAULT_ADMIN, |a| a.get_ref().0),
@@ -409,6 +431,7 @@ impl RawFile {
                     name: c.name.0,
                     max_age: c.max_age.0,
                 }),
+                trusted_proxies: r.trusted_proxies.into_iter().map(|c| c.0).collect(),
             },
             timeouts: Timeouts {
                 connect: t.connect.0,

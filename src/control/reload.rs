@@ -55,7 +55,7 @@ pub struct Reloader {
     router: Arc<Router>,
     metrics: Arc<Metrics>,
     /// The settings read once at start, as they were then (see `restart_only`).
-    restart_only: [(&'static str, String); 4],
+    restart_only: [(&'static str, String); 6],
     tls_listener: Option<SocketAddr>,
     /// Hash of the file bytes (and certificate files) last applied.
     applied: AtomicU64,
@@ -437,7 +437,7 @@ impl Reloader {
 /// The settings that only a restart applies (listeners are bound, and
 /// connection slots sized, once), in one place: a reload that changes one
 /// says so and applies the rest. Adding or removing TLS is refused outright.
-fn restart_only(config: &Config) -> [(&'static str, String); 4] {
+fn restart_only(config: &Config) -> [(&'static str, String); 6] {
     let show = |a: Option<SocketAddr>| a.map_or("none".to_string(), |a| a.to_string());
     [
         ("listen.address", config.listen.address.to_string()),
@@ -447,6 +447,11 @@ fn restart_only(config: &Config) -> [(&'static str, String); 4] {
             "limits.max_connections",
             config.limits.max_connections.to_string(),
         ),
+        (
+            "listen.proxy_protocol",
+            config.listen.proxy_protocol.to_string(),
+        ),
+        ("listen.backlog", config.listen.backlog.to_string()),
     ]
 }
 

@@ -7,6 +7,7 @@ pub mod body;
 pub mod error;
 pub mod idle;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod server;
 pub mod tls;
 pub mod upstream;

@@ -205,7 +205,7 @@ impl Proxy {
         // Cheap copies (no allocation) for the finish phase.
         let mut done = Done {
             start,
-            client: conn.peer,
+            client: conn.peer.ip(),
             method: parts.method.clone(),
             path: parts.uri.path_and_query().cloned(),
             version: parts.version,
@@ -218,7 +218,7 @@ impl Proxy {
         };
         let picked = match wire::check_request(&parts)
             .map_err(ProxyError::from)
-            .and_then(|()| self.pick(&parts, conn, state, &mut done.key))
+            .and_then(|()| self.pick(&parts, state, &mut done))
         {
             Ok(picked) => picked,
             Err(e) => {
@@ -410,6 +410,20 @@ impl Proxy {
         self.responses[class].inc();
     }
 
+    /// Accounts for a connection closed because its PROXY protocol header
+    /// was missing or malformed (nothing was forwarded, nothing answered):
+    /// counted, and logged at most once a second.
+    pub fn proxy_header_refused(&self, peer: SocketAddr, why: &str) {
+        self.metrics.proxy_protocol_refused.inc();
+        static LAST: AtomicU64 = AtomicU64::new(0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if LAST.swap(now, Ordering::Relaxed) != now {
+            tracing::warn!(%peer, "closing connection: {why} (listen.proxy_protocol is on)");
+        }
+    }
+
     /// Accounts for an answer hyper's HTTP/1 parser made itself when it
     /// refused a request head from `client`: 431 for one too large, 400 for
     /// any other fault. Counted as the finish phase counts, with an
@@ -450,18 +464,21 @@ impl Proxy {
     }
 
     /// Phases key + pick: the request's key, hashed, looked up in the live
-    /// snapshot. The snapshot guard is released before returning. `key`
-    /// gets the key's source and hash as soon as they are known.
+    /// snapshot. The snapshot guard is released before returning. `done`
+    /// gets the client's address, the key's source and its hash as soon as
+    /// they are known.
     fn pick(
         &self,
         req: &http::request::Parts,
-        conn: ConnInfo,
         state: &ConnState,
-        key_of: &mut Option<(KeyKind, u64)>,
+        done: &mut Done,
     ) -> Result<Picked, ProxyError> {
         let snap = self.router.load();
+        if !snap.trusted_proxies.is_empty() {
+            done.client = wire::client_address(&req.headers, done.client, &snap.trusted_proxies);
+        }
         let mut set_cookie = None;
-        let (source, key) = match snap.keys.extract(&req.headers, &req.uri, conn.peer.ip()) {
+        let (source, key) = match snap.keys.extract(&req.headers, &req.uri, done.client) {
             Ok(found) => found,
             Err(NoKey::Generate) => {
                 let id = state.sticky_id();
@@ -477,7 +494,7 @@ impl Proxy {
         };
         self.key_sources[source as usize].inc();
         let hash = snap.ring.hash(key.as_bytes());
-        *key_of = Some((source, hash));
+        done.key = Some((source, hash));
         let (choice, in_flight) = snap
             .choose(hash, &self.total_in_flight, None)
             .ok_or(ProxyError::NoBackend)?;
@@ -772,7 +789,9 @@ async fn tunnel_bytes(
 /// What the finish phase needs to know of a request, gathered on the way.
 struct Done {
     start: Instant,
-    client: SocketAddr,
+    /// The client's address: the peer's (or the PROXY header's), or the
+    /// one `X-Forwarded-For` names when the peer is a trusted proxy.
+    client: std::net::IpAddr,
     method: http::Method,
     path: Option<http::uri::PathAndQuery>,
     version: http::Version,
@@ -796,7 +815,7 @@ impl Done {
         let elapsed = self.start.elapsed();
         Entry {
             time: std::time::SystemTime::now() - elapsed,
-            client: self.client.ip(),
+            client: self.client,
             method: Some(self.method),
             path: self.path,
             protocol: self.version,

@@ -5,6 +5,7 @@
 use crate::config::{Limits, MIN_HEADER_BYTES};
 use crate::http::idle::{Activity, Deadlines, Expiry, Tracked};
 use crate::http::proxy::{ConnInfo, ConnState, Proxy};
+use crate::http::proxy_protocol;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -27,6 +28,15 @@ pub enum Transport {
     Plain,
     /// TLS with the live snapshot's certificate, then HTTP/2 or HTTP/1.1 by ALPN.
     Tls,
+}
+
+/// How a listener takes its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listening {
+    pub transport: Transport,
+    /// Each connection starts with a PROXY protocol header (read before
+    /// TLS or HTTP); one without a valid header is closed.
+    pub proxy_protocol: bool,
 }
 
 /// What connections are told to do; a `watch` because every connection
@@ -58,6 +68,21 @@ pub async fn run_with(
     transport: Transport,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    let how = Listening {
+        transport,
+        proxy_protocol: false,
+    };
+    run_listener(listener, proxy, how, shutdown).await
+}
+
+/// As `run_with`, with the listener's options.
+pub async fn run_listener(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    how: Listening,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let transport = how.transport;
     let (phase_tx, phase_rx) = watch::channel(Phase::Serve);
     // Each connection task holds a sender; when all are dropped, the drain is done.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
@@ -108,7 +133,7 @@ pub async fn run_with(
                         _open: OpenGuard::new(&open, &counted.open),
                         _slot: permit,
                     };
-                    tokio::spawn(conn.serve(stream, peer, transport));
+                    tokio::spawn(conn.serve(stream, peer, how));
                 }
                 Err(e) => {
                     // Out of file descriptors or a connection reset before
@@ -152,7 +177,7 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve(mut self, stream: TcpStream, peer: SocketAddr, transport: Transport) {
+    async fn serve(mut self, mut stream: TcpStream, mut peer: SocketAddr, how: Listening) {
         let accepted = Instant::now();
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, "set_nodelay: {e}");
@@ -161,6 +186,22 @@ impl Connection {
             let snap = self.proxy.router().load();
             (snap.timeouts.clone(), snap.limits, snap.tls.clone())
         };
+        if how.proxy_protocol {
+            let read = proxy_protocol::read_header(&mut stream);
+            match tokio::time::timeout(timeouts.client_header_read, read).await {
+                Ok(Ok(Some(source))) => peer = source,
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => return self.proxy.proxy_header_refused(peer, &e.to_string()),
+                Err(_) => {
+                    let why = format!(
+                        "no PROXY protocol header within {:?}",
+                        timeouts.client_header_read
+                    );
+                    return self.proxy.proxy_header_refused(peer, &why);
+                }
+            }
+        }
+        let transport = how.transport;
         let deadlines = Deadlines {
             accepted,
             header_read: timeouts.client_header_read,

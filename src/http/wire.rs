@@ -9,7 +9,8 @@ use bytes::{BufMut, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{request, response, Method, Uri, Version};
-use std::net::SocketAddr;
+use ipnet::IpNet;
+use std::net::{IpAddr, SocketAddr};
 
 /// Why a request head is refused before any backend is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -399,6 +400,46 @@ fn joined(
 }
 
 /// `X-Forwarded-For`: every line the client sent, in order, then the peer.
+/// The client's address: the peer's, or, when the peer is a trusted proxy,
+/// the right-most `X-Forwarded-For` address that is not itself trusted
+/// (all lines in order, as NGINX's `real_ip_recursive on` reads them). If
+/// every address is trusted, the left-most; an entry that is not an
+/// address ends the walk at the last good one.
+pub fn client_address(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(&ip.to_canonical()));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    for line in headers.get_all(X_FORWARDED_FOR).iter().rev() {
+        let Ok(text) = line.to_str() else {
+            return client;
+        };
+        for entry in text.rsplit(',') {
+            let Some(ip) = forwarded_ip(entry.trim()) else {
+                return client;
+            };
+            client = ip;
+            if !is_trusted(&ip) {
+                return ip;
+            }
+        }
+    }
+    client
+}
+
+/// An `X-Forwarded-For` entry's address: `192.0.2.7`, `2001:db8::7`,
+/// `[2001:db8::7]`, or any of them with a port.
+fn forwarded_ip(entry: &str) -> Option<IpAddr> {
+    if let Ok(ip) = entry.parse() {
+        return Some(ip);
+    }
+    if let Ok(addr) = entry.parse::<SocketAddr>() {
+        return Some(addr.ip());
+    }
+    entry.strip_prefix('[')?.strip_suffix(']')?.parse().ok()
+}
+
 fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
     let ip = peer.ip().to_canonical();
     let value = if headers.contains_key(&X_FORWARDED_FOR) {

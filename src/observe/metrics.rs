@@ -74,6 +74,8 @@ pub struct Metrics {
     tls_registered: std::sync::Once,
     /// Access-log lines dropped because the writer fell behind.
     pub access_log_dropped: IntCounter,
+    /// Connections closed for a missing or malformed PROXY protocol header.
+    pub proxy_protocol_refused: IntCounter,
     remapped: IntCounterVec,
     key_source: IntCounterVec,
     proxy_responses: IntCounterVec,
@@ -234,6 +236,11 @@ impl Metrics {
             "Access-log lines dropped because the writer could not keep up.",
         ))
         .expect("valid metric");
+        let proxy_protocol_refused = IntCounter::with_opts(opts(
+            "proxy_protocol_refused_total",
+            "Connections closed because their PROXY protocol header was missing or malformed.",
+        ))
+        .expect("valid metric");
         let remapped = IntCounterVec::new(
             opts(
                 "remapped_requests_total",
@@ -309,6 +316,7 @@ impl Metrics {
             Box::new(last_reload_success_time.clone()),
             Box::new(last_remap_fraction.clone()),
             Box::new(access_log_dropped.clone()),
+            Box::new(proxy_protocol_refused.clone()),
             Box::new(remapped.clone()),
             Box::new(key_source.clone()),
         ] {
@@ -345,6 +353,7 @@ impl Metrics {
             tls_certificate_expiry,
             tls_registered: std::sync::Once::new(),
             access_log_dropped,
+            proxy_protocol_refused,
             remapped,
             key_source,
             proxy_responses,

@@ -29,6 +29,8 @@ pub struct Snapshot {
     pub log: Log,
     /// `routing.sticky_cookie`, if configured.
     pub sticky_cookie: Option<Arc<StickyCookie>>,
+    /// `routing.trusted_proxies`: peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Box<[ipnet::IpNet]>,
     /// The TLS config new connections on a TLS listener handshake with;
     /// here so a reload swaps certificates with everything else.
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -155,6 +157,7 @@ impl Snapshot {
             balance_factor: config.routing.balance_factor,
             log: config.log,
             sticky_cookie: config.routing.sticky_cookie.clone().map(Arc::new),
+            trusted_proxies: config.routing.trusted_proxies.clone().into(),
             tls: None,
             previous,
             healthy: AtomicUsize::new(0),

@@ -350,6 +350,19 @@ pub async fn start_proxy_with(
     metrics: Arc<Metrics>,
     transport: Transport,
 ) -> TestProxy {
+    let how = stickylb::http::server::Listening {
+        transport,
+        proxy_protocol: false,
+    };
+    start_proxy_listening(router, metrics, how).await
+}
+
+/// Serves an existing router with its listener taking connections `how`.
+pub async fn start_proxy_listening(
+    router: Arc<Router>,
+    metrics: Arc<Metrics>,
+    how: stickylb::http::server::Listening,
+) -> TestProxy {
     let proxy = Arc::new(Proxy::new(router.clone(), metrics.clone()));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
     let addr = listener.local_addr().expect("proxy addr");
@@ -361,7 +374,7 @@ pub async fn start_proxy_with(
     ));
     let tasks = vec![
         tokio::spawn(async move {
-            stickylb::http::server::run_with(listener, proxy, transport, std::future::pending())
+            stickylb::http::server::run_listener(listener, proxy, how, std::future::pending())
                 .await
                 .expect("server runs");
         }),
