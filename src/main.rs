@@ -25,15 +25,9 @@ use tokio::sync::watch;
     about = "A reverse-proxy HTTP load balancer with sticky consistent hashing"
 )]
 struct Cli {
-    /// The config file.
-    #[arg(
-        long,
-        short,
-        global = true,
-        env = "STICKYLB_CONFIG",
-        default_value = "config.toml"
-    )]
-    config: PathBuf,
+    /// The config file (default: $STICKYLB_CONFIG, else ./config.toml).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
     /// The application log's format on stderr (the access log's is
     /// `[log] format`).
     #[arg(
@@ -45,7 +39,7 @@ struct Cli {
     )]
     log_format: LogFormat,
     /// Worker threads for the proxy (default: one per CPU).
-    #[arg(long, global = true)]
+    #[arg(long)]
     threads: Option<usize>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -58,19 +52,39 @@ enum LogFormat {
     Json,
 }
 
+/// `--config`, for the commands that read one.
+#[derive(clap::Args, Default)]
+struct ConfigArg {
+    /// The config file (default: $STICKYLB_CONFIG, else ./config.toml).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+/// The flags of the commands that run the proxy.
+#[derive(clap::Args, Default)]
+struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Worker threads for the proxy (default: one per CPU).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy (the default).
-    Run,
+    Run(RunArgs),
     /// Validate the config and print each backend's share of the keyspace.
-    Check,
+    Check(ConfigArg),
     /// Print `KEY -> BACKEND` for each key, as the proxy routes it.
     Route {
+        #[command(flatten)]
+        config: ConfigArg,
         #[arg(required = true)]
         keys: Vec<String>,
     },
     /// Run the proxy with built-in echo backends on the config's loopback addresses.
-    Demo,
+    Demo(RunArgs),
     /// Preview a pool change: the exact keyspace that changes owner, per backend.
     Diff {
         old: PathBuf,
@@ -120,12 +134,38 @@ fn main() -> ExitCode {
             .init(),
         LogFormat::Json => log.json().with_current_span(false).init(),
     }
-    let result = match cli.command.unwrap_or(Command::Run) {
-        Command::Check => check(&cli.config),
-        Command::Route { keys } => route(&cli.config, &keys),
+    let command = cli.command.unwrap_or(Command::Run(RunArgs::default()));
+    // `stickylb --config F check` still works; a flag the command does not
+    // use is a usage error, never silently ignored.
+    let unused = match &command {
+        Command::Diff { .. } | Command::Stdio => {
+            (cli.config.is_some() || cli.threads.is_some()).then_some("--config or --threads")
+        }
+        Command::Check(_) | Command::Route { .. } => cli.threads.is_some().then_some("--threads"),
+        Command::Run(_) | Command::Demo(_) => None,
+    };
+    if let Some(flag) = unused {
+        use clap::CommandFactory;
+        let e = Cli::command().error(
+            clap::error::ErrorKind::ArgumentConflict,
+            format!("this command does not take {flag}"),
+        );
+        e.exit();
+    }
+    let top = cli.config;
+    let config = |own: ConfigArg| {
+        own.config
+            .or(top.clone())
+            .or_else(|| std::env::var_os("STICKYLB_CONFIG").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("config.toml"))
+    };
+    let threads = |own: Option<usize>| own.or(cli.threads);
+    let result = match command {
+        Command::Check(c) => check(&config(c)),
+        Command::Route { config: c, keys } => route(&config(c), &keys),
         Command::Diff { old, new, json } => diff(&old, &new, json),
-        Command::Run => serve(&cli.config, cli.threads, false),
-        Command::Demo => serve(&cli.config, cli.threads, true),
+        Command::Run(r) => serve(&config(r.config), threads(r.threads), false),
+        Command::Demo(r) => serve(&config(r.config), threads(r.threads), true),
         Command::Stdio => stdio::run(std::io::stdin().lock(), std::io::stdout().lock())
             .map_err(|e| Failure(format!("stdio: {e}"))),
     };
