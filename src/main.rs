@@ -14,7 +14,7 @@ use stickylb::http::proxy::Proxy;
 use stickylb::http::server;
 use stickylb::observe::metrics::Metrics;
 use stickylb::routing::snapshot::{ring_of, Router};
-use stickylb::tools::{demo, stdio};
+use stickylb::tools::{demo, simulate, stdio};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -95,6 +95,43 @@ enum Command {
     },
     /// Speak the JSON-lines routing protocol on stdin/stdout.
     Stdio,
+    /// Replay a key workload against the pool, each backend with an LRU
+    /// cache, and print the cache hit rate per algorithm (and round robin).
+    Simulate(SimulateArgs),
+}
+
+#[derive(clap::Args)]
+struct SimulateArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Change the pool to this config's halfway through, as a reload would.
+    #[arg(long)]
+    to: Option<PathBuf>,
+    /// Distinct keys of the synthetic workload.
+    #[arg(long, default_value_t = 100_000)]
+    keys: u64,
+    /// The Zipf exponent of the synthetic workload (0: uniform).
+    #[arg(long, default_value_t = 1.0)]
+    zipf: f64,
+    /// Requests of the synthetic workload.
+    #[arg(long, default_value_t = 1_000_000)]
+    requests: u64,
+    /// Keys each backend's LRU cache holds (default: 2% of the keys).
+    #[arg(long)]
+    cache: Option<usize>,
+    /// Replay this file instead: one key a line, or the proxy's JSON
+    /// access log (by its key_hash).
+    #[arg(long)]
+    replay: Option<PathBuf>,
+    /// Draw the hit rate over the requests as SVG.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// The synthetic workload's random seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 /// `println!` that treats a closed stdout (`stickylb route ... | head`) as
@@ -141,7 +178,9 @@ fn main() -> ExitCode {
         Command::Diff { .. } | Command::Stdio => {
             (cli.config.is_some() || cli.threads.is_some()).then_some("--config or --threads")
         }
-        Command::Check(_) | Command::Route { .. } => cli.threads.is_some().then_some("--threads"),
+        Command::Check(_) | Command::Route { .. } | Command::Simulate(_) => {
+            cli.threads.is_some().then_some("--threads")
+        }
         Command::Run(_) | Command::Demo(_) => None,
     };
     if let Some(flag) = unused {
@@ -166,6 +205,10 @@ fn main() -> ExitCode {
         Command::Diff { old, new, json } => diff(&old, &new, json),
         Command::Run(r) => serve(&config(r.config), threads(r.threads), false),
         Command::Demo(r) => serve(&config(r.config), threads(r.threads), true),
+        Command::Simulate(mut a) => {
+            let path = config(std::mem::take(&mut a.config));
+            simulate(&path, a)
+        }
         Command::Stdio => stdio::run(std::io::stdin().lock(), std::io::stdout().lock())
             .map_err(|e| Failure(format!("stdio: {e}"))),
     };
@@ -455,4 +498,72 @@ fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(backlog)
+}
+
+fn pool_of(config: &Config) -> simulate::Pool {
+    simulate::Pool {
+        members: config
+            .backends
+            .iter()
+            .map(|b| stickylb::ring::Member {
+                name: b.name.as_str().into(),
+                weight: b.weight,
+            })
+            .collect(),
+        algorithm: config.routing.algorithm,
+        seed: config.routing.seed,
+        balance_factor: config.routing.balance_factor,
+    }
+}
+
+fn simulate(path: &Path, a: SimulateArgs) -> Result<(), Failure> {
+    let before = pool_of(&load(path)?);
+    let after = a.to.as_deref().map(load).transpose()?.map(|c| pool_of(&c));
+    let workload = match &a.replay {
+        Some(file) => {
+            let f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+            simulate::Workload::replay(std::io::BufReader::new(f), before.seed)
+                .map_err(|e| format!("{}: {e}", file.display()))?
+        }
+        None => simulate::Workload::zipf(a.keys, a.zipf, a.requests, a.seed, before.seed)?,
+    };
+    let cache = a
+        .cache
+        .unwrap_or_else(|| (workload.hashes.len() / 50).max(1));
+    let started = std::time::Instant::now();
+    let outcomes = simulate::policies(&before)
+        .into_iter()
+        .map(|p| simulate::run(p, &workload, cache, &before, after.as_ref()))
+        .collect::<Result<Vec<_>, _>>()?;
+    tracing::debug!("simulated in {:?}", started.elapsed());
+    if let Some(plot) = &a.plot {
+        let svg = simulate::plot_svg(&outcomes, after.is_some())?;
+        std::fs::write(plot, svg).map_err(|e| format!("{}: {e}", plot.display()))?;
+    }
+    let requests = workload.requests.len();
+    if a.json {
+        let v = serde_json::json!({
+            "requests": requests,
+            "keys": workload.hashes.len(),
+            "cache": cache,
+            "skipped": workload.skipped,
+            "algorithms": outcomes,
+        });
+        out!("{v}");
+    } else {
+        out!(
+            "{} keys, {cache} cached per backend{}",
+            workload.hashes.len(),
+            if workload.skipped > 0 {
+                format!(", {} lines without a key skipped", workload.skipped)
+            } else {
+                String::new()
+            }
+        );
+        out!(
+            "{}",
+            simulate::table(&outcomes, requests, after.is_some()).trim_end()
+        );
+    }
+    Ok(())
 }
