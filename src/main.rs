@@ -517,6 +517,14 @@ fn pool_of(config: &Config) -> simulate::Pool {
 }
 
 fn simulate(path: &Path, a: SimulateArgs) -> Result<(), Failure> {
+    if let Some(plot) = &a.plot {
+        if plot.extension().and_then(|e| e.to_str()) != Some("svg") {
+            return Err(Failure(format!(
+                "--plot {}: the plot is written as SVG; name the file *.svg",
+                plot.display()
+            )));
+        }
+    }
     let before = pool_of(&load(path)?);
     let after = a.to.as_deref().map(load).transpose()?.map(|c| pool_of(&c));
     let workload = match &a.replay {
