@@ -165,7 +165,8 @@ fn main() -> ExitCode {
     let log = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    match cli.log_format {
+    let log_format = cli.log_format;
+    match log_format {
         LogFormat::Text => log
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
@@ -215,7 +216,11 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(msg)) => {
-            eprintln!("stickylb: {msg}");
+            match log_format {
+                // One JSON object a line, as every other line on stderr.
+                LogFormat::Json => tracing::error!("{msg}"),
+                LogFormat::Text => eprintln!("stickylb: {msg}"),
+            }
             ExitCode::from(1)
         }
     }

@@ -245,3 +245,48 @@ async fn every_response_is_counted_parser_rejections_and_connections_included() 
         "{m}"
     );
 }
+
+/// An HTTP/2 request over `limits.max_request_header_bytes` gets the
+/// proxy's own 431 (RFC 9113 §6.5.2 sizes), counted with its cause as an
+/// HTTP/1 request's is, never a refused stream a client would retry.
+#[tokio::test]
+async fn an_http2_header_list_over_the_limit_is_431_and_counted() {
+    let (backend, proxy) = proxy_with("").await;
+    let tx = h2_connect(proxy.addr).await;
+    let big = "x".repeat(20_000);
+    let req = |value: &str| {
+        http::Request::get(format!("http://{}/", proxy.addr))
+            .header("x-big", value)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    let mut t = tx.clone();
+    let resp = t
+        .send_request(req(&big))
+        .await
+        .expect("an answer, not a refused stream");
+    assert_eq!(
+        resp.status(),
+        http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+    // The connection goes on.
+    let mut t = tx.clone();
+    assert_eq!(t.send_request(req("small")).await.unwrap().status(), 200);
+    assert_eq!(
+        backend.requests().len(),
+        1,
+        "the big one never reached the backend"
+    );
+    let m = proxy.metrics_text().await;
+    assert_eq!(
+        metric(
+            &m,
+            "stickylb_proxy_responses_total{cause=\"header_too_large\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&m, "stickylb_responses_total{code_class=\"4xx\"}"),
+        Some(1.0)
+    );
+}

@@ -162,14 +162,24 @@ fn launch_to(
     open_files: Option<u64>,
     out: Stdout,
 ) -> Launched {
+    let named: Vec<(&str, std::net::SocketAddr)> =
+        backends.iter().map(|b| (b.name.as_str(), b.addr)).collect();
+    launch_for(&named, extra, open_files, out)
+}
+
+fn launch_for(
+    backends: &[(&str, std::net::SocketAddr)],
+    extra: &str,
+    open_files: Option<u64>,
+    out: Stdout,
+) -> Launched {
     let (port, admin_port) = (free_port(), free_port());
     let mut text = format!(
         "[listen]\naddress = \"127.0.0.1:{port}\"\n[admin]\naddress = \"127.0.0.1:{admin_port}\"\n{extra}\n"
     );
-    for b in backends {
+    for (name, addr) in backends {
         text.push_str(&format!(
-            "[[backend]]\nname = \"{}\"\naddress = \"{}\"\n",
-            b.name, b.addr
+            "[[backend]]\nname = \"{name}\"\naddress = \"{addr}\"\n"
         ));
     }
     let dir = tempfile::tempdir().unwrap();
@@ -538,4 +548,60 @@ async fn an_unread_stdout_never_stalls_requests() {
         started.elapsed()
     );
     assert!(dropped >= 1.0, "{m}");
+}
+
+/// An upgraded connection's access-log line is written when the tunnel
+/// ends, with the bytes it carried each way (as NGINX and Envoy log it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_tunnel_is_logged_at_its_end_with_its_bytes() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let ws = spawn_ws_backend("w1").await;
+    let Launched {
+        run, proxy, _dir, ..
+    } = launch_for(
+        &[("w1", ws.addr)],
+        "[log]\naccess = true\nformat = \"json\"",
+        None,
+        Stdout::Read,
+    );
+    let mut req = format!("ws://{proxy}/chat").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("x-client-id", "alice".parse().unwrap());
+    let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let (mut socket, resp) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::client_async(req, tcp),
+    )
+    .await
+    .expect("handshake within 10 s")
+    .expect("handshake");
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let greeting = socket.next().await.unwrap().unwrap();
+    assert_eq!(greeting, Message::text("w1"));
+    let payload = "x".repeat(5000);
+    socket.send(Message::text(payload.clone())).await.unwrap();
+    assert_eq!(
+        socket.next().await.unwrap().unwrap(),
+        Message::text(payload)
+    );
+    // Still open: no line yet.
+    assert!(
+        run.stdout.try_recv().is_err(),
+        "logged before the tunnel ended"
+    );
+    socket.close(None).await.unwrap();
+    drop(socket);
+    let line = &access_lines(&run, 1)[0];
+    assert_eq!(line["status"], 101, "{line}");
+    assert_eq!(line["backend"], "w1", "{line}");
+    // 5,000 bytes each way and the frames' headers, plus the greeting and
+    // the close frames.
+    let (bytes_in, bytes_out) = (
+        line["bytes_in"].as_u64().unwrap(),
+        line["bytes_out"].as_u64().unwrap(),
+    );
+    assert!((5000..5100).contains(&bytes_in), "{line}");
+    assert!((5002..5100).contains(&bytes_out), "{line}");
 }

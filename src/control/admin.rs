@@ -252,13 +252,13 @@ fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
     r
 }
 
-/// A query parameter's value, percent-decoded to bytes (`+` is a space,
-/// as HTML forms write it); a `%` not followed by two hex digits stays.
+/// A query parameter's value, percent-decoded to bytes (RFC 3986 §2.1: a
+/// `+` stays a `+`, as it would in a header); a `%` not followed by two hex
+/// digits stays.
 fn query_value(query: &str, name: &str) -> Option<Vec<u8>> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
-        let v = v.replace('+', " ");
-        (k == name).then(|| percent_encoding::percent_decode_str(&v).collect())
+        (k == name).then(|| percent_encoding::percent_decode_str(v).collect())
     })
 }
 
@@ -269,7 +269,8 @@ mod tests {
     #[test]
     fn decodes_query_values() {
         let value = |q: &str| query_value(q, "key");
-        assert_eq!(value("x=1&key=a%20b+c").as_deref(), Some(&b"a b c"[..]));
+        assert_eq!(value("x=1&key=a%20b+c").as_deref(), Some(&b"a b+c"[..]));
+        assert_eq!(value("key=a%2Bb").as_deref(), Some(&b"a+b"[..]));
         assert_eq!(value("key=100%").as_deref(), Some(&b"100%"[..]));
         assert_eq!(value("key=%4").as_deref(), Some(&b"%4"[..]));
         assert_eq!(value("key=%e2%82%ac").as_deref(), Some("€".as_bytes()));

@@ -8,6 +8,9 @@ use http::StatusCode;
 pub enum ProxyError {
     /// No key in the request and `missing_key = "reject"`.
     MissingKey,
+    /// An HTTP/2 request's header list is over
+    /// `limits.max_request_header_bytes` (RFC 9113 §6.5.2 sizes, 431).
+    HeaderTooLarge,
     /// The request head breaks an HTTP rule (RFC 9112 §3.2: no `Host` in
     /// HTTP/1.1, or more than one).
     BadRequest(BadRequest),
@@ -82,6 +85,7 @@ impl ProxyError {
     pub fn status(self) -> StatusCode {
         match self {
             ProxyError::MissingKey | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Method => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::TransferCoding => StatusCode::NOT_IMPLEMENTED,
@@ -101,6 +105,9 @@ impl ProxyError {
         match self {
             ProxyError::MissingKey => {
                 "missing client id: the request carries none of the configured routing keys\n"
+            }
+            ProxyError::HeaderTooLarge => {
+                "request header fields too large: over limits.max_request_header_bytes\n"
             }
             ProxyError::BadRequest(BadRequest::NoHost) => {
                 "bad request: an HTTP/1.1 request must carry a Host header\n"
@@ -145,6 +152,7 @@ impl ProxyError {
     pub fn cause(self) -> &'static str {
         match self {
             ProxyError::MissingKey => "missing_key",
+            ProxyError::HeaderTooLarge => "header_too_large",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::ClientTimeout => "client_timeout",
             ProxyError::Method => "method",
@@ -166,6 +174,7 @@ impl ProxyError {
             ProxyError::Timeout => Some(UpstreamErrorKind::Timeout),
             ProxyError::Protocol | ProxyError::UnaskedUpgrade => Some(UpstreamErrorKind::Protocol),
             ProxyError::MissingKey
+            | ProxyError::HeaderTooLarge
             | ProxyError::BadRequest(_)
             | ProxyError::ClientTimeout
             | ProxyError::Method
@@ -198,6 +207,7 @@ impl ProxyError {
     pub fn log_level(self) -> tracing::Level {
         match self {
             ProxyError::MissingKey
+            | ProxyError::HeaderTooLarge
             | ProxyError::BadRequest(_)
             | ProxyError::ClientTimeout
             | ProxyError::Method

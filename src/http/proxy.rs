@@ -123,16 +123,8 @@ struct Pending {
 
 impl Drop for Streamed {
     fn drop(&mut self) {
-        if let Some(p) = self.log.take() {
-            let Pending {
-                mut entry,
-                format,
-                start,
-                to,
-            } = *p;
-            entry.duration = start.elapsed();
-            to.write(entry, format);
-        }
+        // The body's bytes were counted into the entry as they went.
+        write_pending(self.log.take(), 0, 0);
     }
 }
 
@@ -268,6 +260,7 @@ impl Proxy {
         let result = self.forward(req, picked.in_flight, exchange).await;
         done.body = progress;
         let path = done.path.as_ref().map_or("/", |p| p.path());
+        let mut tunnel = None;
         let (mut resp, backend) = match result {
             Ok((resp, backend, _))
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_none() =>
@@ -293,12 +286,13 @@ impl Proxy {
                     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                         let upstream = hyper::upgrade::on(&mut resp);
                         protocol = resp.headers().get(header::UPGRADE).cloned();
-                        tokio::spawn(tunnel_bytes(
+                        tunnel = Some(Tunnel {
                             client,
                             upstream,
-                            picked.upgraded_idle,
-                            backend.name.clone(),
-                        ));
+                            idle: picked.upgraded_idle,
+                            backend: backend.name.clone(),
+                            log: None,
+                        });
                     }
                 }
                 let (mut parts, body) = resp.into_parts();
@@ -331,7 +325,16 @@ impl Proxy {
             set_cookie(resp.headers_mut(), cookie, id, conn.scheme == "https");
         }
         done.backend = Some(backend);
-        self.finish(resp, done)
+        let mut resp = self.finish(resp, done);
+        if let Some(mut tunnel) = tunnel {
+            // The tunnel's access-log line waits for its end, with the
+            // bytes it carried.
+            if let Either::Left(streamed) = resp.body_mut() {
+                tunnel.log = streamed.log.take();
+            }
+            tokio::spawn(tunnel.run());
+        }
+        resp
     }
 
     /// Phase finish: every response to a client passes here exactly once,
@@ -474,6 +477,11 @@ impl Proxy {
         done: &mut Done,
     ) -> Result<Picked, ProxyError> {
         let snap = self.router.load();
+        if req.version == http::Version::HTTP_2
+            && wire::header_list_size(req) > snap.limits.max_request_header_bytes
+        {
+            return Err(ProxyError::HeaderTooLarge);
+        }
         if !snap.trusted_proxies.is_empty() {
             done.client = wire::client_address(&req.headers, done.client, &snap.trusted_proxies);
         }
@@ -746,43 +754,102 @@ fn set_cookie(headers: &mut HeaderMap, cookie: &StickyCookie, id: &GeneratedId, 
     }
 }
 
-/// Copies bytes both ways between the upgraded client and backend
-/// connections until either side closes or nothing moves for `idle`.
-async fn tunnel_bytes(
+/// An upgraded connection (WebSocket) to run once the `101` is sent.
+struct Tunnel {
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     idle: Duration,
     backend: Arc<str>,
-) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(both) => both,
-        Err(e) => {
-            tracing::debug!(backend = &*backend, "upgrade failed: {e}");
-            return;
+    /// The access-log line, written at the tunnel's end.
+    log: Option<Box<Pending>>,
+}
+
+impl Tunnel {
+    /// Copies bytes both ways between the upgraded client and backend
+    /// connections until either side closes or nothing moves for `idle`.
+    async fn run(self) {
+        let Tunnel {
+            client,
+            upstream,
+            idle,
+            backend,
+            log,
+        } = self;
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(both) => both,
+            Err(e) => {
+                tracing::debug!(backend = &*backend, "upgrade failed: {e}");
+                write_pending(log, 0, 0);
+                return;
+            }
+        };
+        let activity = Arc::new(Activity::new());
+        let client = Tracked {
+            inner: hyper_util::rt::TokioIo::new(client),
+            watch: activity.clone(),
+        };
+        let upstream = hyper_util::rt::TokioIo::new(upstream);
+        let (client_in, mut client_out) = tokio::io::split(client);
+        let (upstream_in, mut upstream_out) = tokio::io::split(upstream);
+        let mut client_in = Counted::new(client_in);
+        let mut upstream_in = Counted::new(upstream_in);
+        // The tunnel ends when either side has said all it will (its end of
+        // stream, copied on and flushed), or on an error, or when idle: both
+        // connections then close, so a backend that hung up never keeps its
+        // place under the connection cap for a client that lingers.
+        tokio::select! {
+            res = tokio::io::copy(&mut client_in, &mut upstream_out) => {
+                tracing::debug!(backend = &*backend, "upgraded connection: the client ended it ({res:?} bytes)");
+            }
+            res = tokio::io::copy(&mut upstream_in, &mut client_out) => {
+                tracing::debug!(backend = &*backend, "upgraded connection: the backend ended it ({res:?} bytes)");
+            }
+            () = idle::until_idle(&activity, idle) => {
+                tracing::debug!(backend = &*backend, "closing upgraded connection idle for {idle:?}");
+            }
         }
-    };
-    let activity = Arc::new(Activity::new());
-    let client = Tracked {
-        inner: hyper_util::rt::TokioIo::new(client),
-        watch: activity.clone(),
-    };
-    let upstream = hyper_util::rt::TokioIo::new(upstream);
-    let (mut client_in, mut client_out) = tokio::io::split(client);
-    let (mut upstream_in, mut upstream_out) = tokio::io::split(upstream);
-    // The tunnel ends when either side has said all it will (its end of
-    // stream, copied on and flushed), or on an error, or when idle: both
-    // connections then close, so a backend that hung up never keeps its
-    // place under the connection cap for a client that lingers.
-    tokio::select! {
-        res = tokio::io::copy(&mut client_in, &mut upstream_out) => {
-            tracing::debug!(backend = &*backend, "upgraded connection: the client ended it ({res:?} bytes)");
-        }
-        res = tokio::io::copy(&mut upstream_in, &mut client_out) => {
-            tracing::debug!(backend = &*backend, "upgraded connection: the backend ended it ({res:?} bytes)");
-        }
-        () = idle::until_idle(&activity, idle) => {
-            tracing::debug!(backend = &*backend, "closing upgraded connection idle for {idle:?}");
-        }
+        write_pending(log, client_in.bytes, upstream_in.bytes);
+    }
+}
+
+/// Writes a waiting access-log line with the bytes a tunnel carried.
+fn write_pending(log: Option<Box<Pending>>, bytes_in: u64, bytes_out: u64) {
+    if let Some(p) = log {
+        let Pending {
+            mut entry,
+            format,
+            start,
+            to,
+        } = *p;
+        entry.bytes_in += bytes_in;
+        entry.bytes_out += bytes_out;
+        entry.duration = start.elapsed();
+        to.write(entry, format);
+    }
+}
+
+/// A reader that counts the bytes read through it.
+struct Counted<R> {
+    inner: R,
+    bytes: u64,
+}
+
+impl<R> Counted<R> {
+    fn new(inner: R) -> Self {
+        Counted { inner, bytes: 0 }
+    }
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.bytes += (buf.filled().len() - before) as u64;
+        polled
     }
 }
 

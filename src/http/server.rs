@@ -284,7 +284,10 @@ impl Connection {
             .http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(256)
-            .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX))
+            // Twice the limit: a request over the limit still arrives, and
+            // gets the proxy's own counted 431 (the protocol layer would
+            // refuse the stream unseen); past twice it is refused.
+            .max_header_list_size(u32::try_from(header_bytes.saturating_mul(2)).unwrap_or(u32::MAX))
             .max_pending_accept_reset_streams(Some(64))
             .max_local_error_reset_streams(Some(256));
 

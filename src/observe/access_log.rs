@@ -64,9 +64,10 @@ impl AccessLog {
     /// Starts the writer thread, writing to `out`.
     pub fn to(out: impl Write + Send + 'static, dropped: IntCounter) -> std::io::Result<Self> {
         let (queue, lines) = sync_channel(QUEUE);
+        let counter = dropped.clone();
         std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_lines(lines, out))?;
+            .spawn(move || write_lines(lines, out, counter))?;
         Ok(AccessLog { queue, dropped })
     }
 
@@ -75,18 +76,26 @@ impl AccessLog {
         match self.queue.try_send((entry, format)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => self.dropped.inc(),
-            // The writer is gone (stdout closed): nothing can be written.
+            // The writer thread is gone (it never is while the sender lives).
             Err(TrySendError::Disconnected(_)) => self.dropped.inc(),
         }
     }
 }
 
 /// The writer thread: formats and writes lines, flushing whenever the
-/// queue is empty; ends when stdout fails or the sender is dropped.
-fn write_lines(lines: Receiver<(Entry, LogFormat)>, out: impl Write) {
+/// queue is empty; ends when the sender is dropped. Once stdout fails,
+/// every line not written (those in its buffer, and all that follow) is
+/// counted as dropped.
+fn write_lines(lines: Receiver<(Entry, LogFormat)>, out: impl Write, dropped: IntCounter) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
     let mut line = String::with_capacity(512);
-    while let Ok(mut next) = lines.recv() {
+    // Lines in the buffer since the last flush: lost if stdout fails.
+    let mut unflushed = 0u64;
+    let failed = |e: std::io::Error, lost: u64| {
+        tracing::warn!("access log: stdout failed ({e}); lines are counted as dropped from now on");
+        dropped.inc_by(lost);
+    };
+    'writing: while let Ok(mut next) = lines.recv() {
         loop {
             line.clear();
             match next.1 {
@@ -94,18 +103,38 @@ fn write_lines(lines: Receiver<(Entry, LogFormat)>, out: impl Write) {
                 LogFormat::Json => json(&next.0, &mut line),
             }
             if let Err(e) = out.write_all(line.as_bytes()) {
-                tracing::warn!("access log: stdout failed ({e}); no more lines are written");
-                return;
+                failed(e, unflushed + 1);
+                break 'writing;
             }
+            unflushed += 1;
             match lines.try_recv() {
                 Ok(more) => next = more,
                 Err(_) => break,
             }
         }
         if let Err(e) = out.flush() {
-            tracing::warn!("access log: stdout failed ({e}); no more lines are written");
-            return;
+            failed(e, unflushed);
+            break;
         }
+        unflushed = 0;
+    }
+    for _ in lines {
+        dropped.inc();
+    }
+}
+
+/// A text field's value: as it is when it is a plain word, else quoted
+/// (`"` and `\` escaped), so a line always splits into its fields.
+fn word(value: &str) -> std::borrow::Cow<'_, str> {
+    let plain = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\' && b != b'=');
+    if plain {
+        value.into()
+    } else {
+        let escaped = value.replace('\\', "\\\\").replace('"', "\\\"");
+        format!("\"{escaped}\"").into()
     }
 }
 
@@ -145,8 +174,8 @@ pub fn text(e: &Entry, out: &mut String) {
         path_of(e),
         e.protocol,
         e.status,
-        e.backend.as_deref().unwrap_or("-"),
-        e.upstream.as_deref().unwrap_or("-"),
+        e.backend.as_deref().map_or("-".into(), word),
+        e.upstream.as_deref().map_or("-".into(), word),
         e.key_source.unwrap_or("-"),
         e.key_hash.map_or("-".into(), |h| h.to_string()),
         e.bytes_in,
@@ -167,7 +196,7 @@ pub fn json(e: &Entry, out: &mut String) {
         "protocol": format!("{:?}", e.protocol),
         "status": e.status,
         "backend": e.backend.as_deref().unwrap_or(""),
-        "upstream": e.upstream.as_deref(),
+        "upstream": e.upstream.as_deref().unwrap_or(""),
         "key_source": e.key_source,
         "key_hash": e.key_hash,
         "bytes_in": e.bytes_in,
@@ -231,11 +260,49 @@ mod tests {
         assert_eq!(v["path"], "/a%20b/\"x\"");
         assert_eq!(v["protocol"], "HTTP/1.1");
         assert_eq!(v["backend"], "");
-        assert_eq!(v["upstream"], serde_json::Value::Null);
+        assert_eq!(v["upstream"], "");
         assert_eq!(v["key_hash"], u64::MAX);
         assert_eq!(v["cause"], "no_backend");
         assert!(line.contains("\"duration_seconds\":0.000512"), "{line}");
         assert_eq!(v.as_object().unwrap().len(), 14);
+    }
+
+    #[test]
+    fn text_values_with_spaces_are_quoted() {
+        let mut e = entry();
+        e.backend = Some("b 3 = \"x\"".into());
+        let mut line = String::new();
+        text(&e, &mut line);
+        assert!(
+            line.contains(r#" backend="b 3 = \"x\"" upstream="#),
+            "{line}"
+        );
+    }
+
+    /// Once stdout fails, every line (those in the buffer and all later
+    /// ones) is counted as dropped: written + dropped = sent.
+    #[test]
+    fn a_broken_stdout_counts_every_line_it_loses() {
+        struct Broken;
+        impl Write for Broken {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Err(std::io::ErrorKind::BrokenPipe.into())
+            }
+        }
+        let dropped = IntCounter::new("d", "d").unwrap();
+        let log = AccessLog::to(Broken, dropped.clone()).unwrap();
+        for _ in 0..14 {
+            log.write(entry(), LogFormat::Json);
+        }
+        // Bounded wait for the writer thread to get through the queue.
+        let start = std::time::Instant::now();
+        while dropped.get() < 14 && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(dropped.get(), 14);
     }
 
     /// A writer that never accepts a byte: the queue fills, then every

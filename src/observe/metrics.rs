@@ -131,9 +131,7 @@ impl Metrics {
         let opts = |name: &str, help: &str| Opts::new(name, help);
         let process = Registry::new();
         #[cfg(target_os = "linux")]
-        if let Err(e) = process.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        )) {
+        if let Err(e) = process.register(Box::new(super::process::ProcessMetrics::new())) {
             tracing::warn!("process metrics unavailable: {e}");
         }
         let build_info = IntGaugeVec::new(
