@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use stickylb::config::{self, Config};
 use stickylb::control::admin::{self, Admin};
-use stickylb::control::health;
 use stickylb::control::reload::{self, Reloader};
+use stickylb::control::{health, slow_start};
 use stickylb::http::proxy::Proxy;
 use stickylb::http::server;
 use stickylb::observe::metrics::Metrics;
@@ -354,6 +354,7 @@ fn serve(path: &Path, threads: Option<usize>, with_demo: bool) -> Result<(), Fai
             stopped(admin_stop_rx),
         ));
         let health_task = tokio::spawn(health::run(router.clone(), stopped(stop_rx.clone())));
+        let ramp_task = tokio::spawn(slow_start::run(router.clone(), stopped(stop_rx.clone())));
         let reloader = Arc::new(Reloader::new(path, &config, router, metrics));
         let reload_task = reloader.start(stopped(stop_rx.clone()));
         let urls: Vec<String> = listeners
@@ -395,7 +396,7 @@ fn serve(path: &Path, threads: Option<usize>, with_demo: bool) -> Result<(), Fai
             s.await.map_err(|e| format!("server task failed: {e}"))??;
         }
         admin_stop_tx.send_replace(true);
-        for task in [admin_task, reload_task, health_task] {
+        for task in [admin_task, reload_task, health_task, ramp_task] {
             if let Err(e) = task.await {
                 tracing::warn!("background task ended abnormally: {e}");
             }

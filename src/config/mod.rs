@@ -124,6 +124,9 @@ pub struct Routing {
     /// Peers whose `X-Forwarded-For` is believed: the client address is
     /// then the right-most address in it that is not itself trusted.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Slow start: a backend that joins or comes back healthy takes its
+    /// keys over gradually across this window.
+    pub slow_start: Option<Duration>,
 }
 
 /// `routing.sticky_cookie`.

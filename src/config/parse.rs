@@ -59,6 +59,7 @@ pub(super) struct RawRouting {
     balance_factor: Option<Factor>,
     sticky_cookie: Option<RawStickyCookie>,
     trusted_proxies: Vec<Cidr>,
+    slow_start: Option<Dur<0, 1_000_000_000>>,
 }
 
 #[derive(Deserialize, Default, Clone, Copy, PartialEq)]
@@ -432,6 +433,7 @@ impl RawFile {
                     max_age: c.max_age.0,
                 }),
                 trusted_proxies: r.trusted_proxies.into_iter().map(|c| c.0).collect(),
+                slow_start: r.slow_start.map(|d| d.0),
             },
             timeouts: Timeouts {
                 connect: t.connect.0,

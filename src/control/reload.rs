@@ -658,9 +658,7 @@ fn publish(metrics: &Metrics, snap: &Snapshot, previous: Option<(&Snapshot, f64)
             metrics.last_remap_fraction.set(moved);
         }
     }
-    for (b, share) in snap.backends.iter().zip(snap.ring.shares()) {
-        b.metrics.share.set(share);
-    }
+    publish_shares(snap);
     metrics.last_reload_successful.set(1);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
     metrics
@@ -671,6 +669,16 @@ fn publish(metrics: &Metrics, snap: &Snapshot, previous: Option<(&Snapshot, f64)
         snap.ring.algorithm().name(),
         snap.ring.fingerprint(),
     );
+}
+
+/// Each backend's keyspace share and effective weight, as the live ring
+/// routes (also at each slow-start step).
+pub fn publish_shares(snap: &Snapshot) {
+    for (i, (b, share)) in snap.backends.iter().zip(snap.ring.shares()).enumerate() {
+        b.metrics.share.set(share);
+        let weight = f64::from(b.weight.get()) * snap.ring.ramp(i);
+        b.metrics.effective_weight.set(weight);
+    }
 }
 
 /// `+backend-4, -backend-2, backend-1 weight 1->2`: what changed in the pool.

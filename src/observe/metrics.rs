@@ -83,6 +83,7 @@ pub struct Metrics {
     connections_open: IntGaugeVec,
     connections_total: IntCounterVec,
     backend_connections: IntGaugeVec,
+    effective_weight: GaugeVec,
 }
 
 /// One listener's connection metrics (`http`, `https`, `admin`).
@@ -102,6 +103,9 @@ pub struct BackendMetrics {
     /// Requests in progress; also the backend's live in-flight count.
     pub in_flight: IntGauge,
     pub share: Gauge,
+    /// The weight routing uses now (below the configured one during a
+    /// slow start).
+    pub effective_weight: Gauge,
 }
 
 impl BackendMetrics {
@@ -293,8 +297,17 @@ impl Metrics {
             &["backend", "state"],
         )
         .expect("valid metric");
+        let effective_weight = GaugeVec::new(
+            opts(
+                "backend_effective_weight",
+                "The weight routing uses now: below the configured weight during a slow start.",
+            ),
+            &["backend"],
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(backend_connections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(effective_weight.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(backend_connections.clone()),
             Box::new(proxy_responses.clone()),
             Box::new(responses.clone()),
             Box::new(connections_open.clone()),
@@ -359,6 +372,7 @@ impl Metrics {
             connections_open,
             connections_total,
             backend_connections,
+            effective_weight,
         }
     }
 
@@ -374,6 +388,7 @@ impl Metrics {
             healthy,
             in_flight: self.in_flight.with_label_values(&[name]),
             share: self.share.with_label_values(&[name]),
+            effective_weight: self.effective_weight.with_label_values(&[name]),
         }
     }
 
@@ -390,6 +405,7 @@ impl Metrics {
         let _ = self.healthy.remove_label_values(&[name]);
         let _ = self.in_flight.remove_label_values(&[name]);
         let _ = self.share.remove_label_values(&[name]);
+        let _ = self.effective_weight.remove_label_values(&[name]);
         for state in ["idle", "active"] {
             let _ = self.backend_connections.remove_label_values(&[name, state]);
         }

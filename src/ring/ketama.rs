@@ -34,6 +34,19 @@ impl Ketama {
     /// a tie between two members' points goes to the smaller name, so the
     /// order of members in the input never changes routing.
     pub fn build(members: &[Member], vnodes: u32, seed: u64) -> Result<Self, RingError> {
+        Self::build_ramped(members, vnodes, seed, &[])
+    }
+
+    /// `build`, with member `i` at the fraction `ramps[i]` of its weight
+    /// (missing entries: 1): it gets the first `⌈vnodes × weight × ramp⌉`
+    /// of its points, in their fixed order, so as the ramp grows the member
+    /// only gains points and a key only ever moves to it (slow start).
+    pub fn build_ramped(
+        members: &[Member],
+        vnodes: u32,
+        seed: u64,
+        ramps: &[f64],
+    ) -> Result<Self, RingError> {
         if members.is_empty() {
             return Err(RingError::Empty);
         }
@@ -47,7 +60,11 @@ impl Ketama {
         let mut all: Vec<(u64, u32)> = Vec::with_capacity(total as usize);
         let mut buf = Vec::with_capacity(64);
         for (idx, m) in members.iter().enumerate() {
-            let count = u64::from(vnodes) * u64::from(m.weight.get());
+            let full = u64::from(vnodes) * u64::from(m.weight.get());
+            let count = match ramps.get(idx) {
+                Some(&f) if f < 1.0 => (full as f64 * f.max(0.0)).ceil() as u64,
+                _ => full,
+            };
             for v in 0..count {
                 buf.clear();
                 buf.extend_from_slice(m.name.as_bytes());
@@ -61,6 +78,9 @@ impl Ketama {
                 .then_with(|| members[a.1 as usize].name.cmp(&members[b.1 as usize].name))
         });
         all.dedup_by_key(|p| p.0);
+        if all.is_empty() {
+            return Err(RingError::Empty);
+        }
         let points: Box<[u64]> = all.iter().map(|p| p.0).collect();
         let owners: Box<[u32]> = all.iter().map(|p| p.1).collect();
         Ok(Self::indexed(points, owners, members.len()))

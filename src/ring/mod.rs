@@ -91,6 +91,9 @@ pub struct Ring {
     /// Members routed around as if removed (see `excluding`); empty when
     /// every member takes part.
     excluded: Box<[bool]>,
+    /// Members at a fraction of their weight (see `ramped`), by index;
+    /// empty when every member has its full weight.
+    ramps: Box<[f64]>,
 }
 
 #[derive(Debug, Clone)]
@@ -126,7 +129,40 @@ impl Ring {
             table,
             fingerprint,
             excluded: Box::new([]),
+            ramps: Box::new([]),
         })
+    }
+
+    /// The ring with member `i` at the fraction `ramps[i]` (0 to 1; missing
+    /// entries 1) of its weight, for slow start; the same members and
+    /// indices. Ring: the member holds the first points of its fixed order,
+    /// so as its fraction grows keys only move to it. Rendezvous: its
+    /// weight scales its scores, with the same property. Maglev: the table
+    /// is rebuilt with the weights scaled (×100), which also moves keys
+    /// between the other members while the ramp lasts. At 1 everywhere the
+    /// ring is this one.
+    pub fn ramped(&self, ramps: &[f64]) -> Result<Ring, RingError> {
+        let ramps: Box<[f64]> = (0..self.members.len())
+            .map(|i| ramps.get(i).copied().unwrap_or(1.0).clamp(0.0, 1.0))
+            .collect();
+        if ramps.iter().all(|&f| f >= 1.0) {
+            return Ring::build(self.members.to_vec(), self.algorithm, self.seed);
+        }
+        let table = ramped_table(&self.members, self.algorithm, self.seed, &[], &ramps)?;
+        Ok(Ring {
+            members: self.members.clone(),
+            seed: self.seed,
+            algorithm: self.algorithm,
+            table,
+            fingerprint: fingerprint_ramped(&self.members, self.algorithm, self.seed, &[], &ramps),
+            excluded: Box::new([]),
+            ramps,
+        })
+    }
+
+    /// The fraction of its weight member `i` routes with (1 unless ramping).
+    pub fn ramp(&self, i: usize) -> f64 {
+        self.ramps.get(i).copied().unwrap_or(1.0)
     }
 
     /// The ring that routes exactly as if the members marked in `excluded`
@@ -149,11 +185,8 @@ impl Ring {
         }
         let table = match &self.table {
             Table::Ketama(k) => Table::Ketama(k.filtered(|m| !mask[m as usize])?),
-            Table::Maglev(m) => {
-                Table::Maglev(Maglev::build(&self.members, m.len() as u32, self.seed, &mask).ok()?)
-            }
-            Table::Rendezvous(_) => {
-                Table::Rendezvous(Rendezvous::build(&self.members, self.seed, &mask)?)
+            Table::Maglev(_) | Table::Rendezvous(_) => {
+                ramped_table(&self.members, self.algorithm, self.seed, &mask, &self.ramps).ok()?
             }
         };
         let mask = if mask.iter().any(|&e| e) {
@@ -166,8 +199,15 @@ impl Ring {
             seed: self.seed,
             algorithm: self.algorithm,
             table,
-            fingerprint: fingerprint(&self.members, self.algorithm, self.seed, &mask),
+            fingerprint: fingerprint_ramped(
+                &self.members,
+                self.algorithm,
+                self.seed,
+                &mask,
+                &self.ramps,
+            ),
             excluded: mask,
+            ramps: self.ramps.clone(),
         })
     }
 
@@ -479,6 +519,82 @@ pub fn degrees(hash: u64) -> u16 {
 /// Hashes everything routing reads: the algorithm and its parameter, the
 /// seed, every member's name and weight (in name order), and which members
 /// are excluded. A pool without exclusions hashes as it always has.
+/// The table of `algorithm` over `members` with the `excluded` routed
+/// around and the `ramps` applied (see `Ring::ramped`).
+fn ramped_table(
+    members: &[Member],
+    algorithm: Algorithm,
+    seed: u64,
+    excluded: &[bool],
+    ramps: &[f64],
+) -> Result<Table, RingError> {
+    let ramp = |i: usize| ramps.get(i).copied().unwrap_or(1.0);
+    Ok(match algorithm {
+        Algorithm::Ring { vnodes } => {
+            let k = Ketama::build_ramped(members, vnodes, seed, ramps)?;
+            let mask = |m: u32| !excluded.get(m as usize).copied().unwrap_or(false);
+            Table::Ketama(k.filtered(mask).ok_or(RingError::Empty)?)
+        }
+        Algorithm::Rendezvous => Table::Rendezvous(
+            Rendezvous::build_ramped(members, seed, excluded, ramps).ok_or(RingError::Empty)?,
+        ),
+        Algorithm::Maglev { table_size } => {
+            if ramps.iter().all(|&f| f >= 1.0) {
+                return Ok(Table::Maglev(Maglev::build(
+                    members, table_size, seed, excluded,
+                )?));
+            }
+            // Weights in hundredths: a member at fraction f of weight w
+            // takes round(100 × w × f) turns a round; 0 takes no part.
+            let mut mask: Vec<bool> = Vec::with_capacity(members.len());
+            let scaled: Vec<Member> = members
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    let turns = (f64::from(m.weight.get()) * 100.0 * ramp(i)).round();
+                    let turns = turns.min(f64::from(u32::MAX)) as u32;
+                    mask.push(turns == 0 || excluded.get(i).copied().unwrap_or(false));
+                    Member {
+                        name: m.name.clone(),
+                        weight: std::num::NonZeroU32::new(turns)
+                            .unwrap_or(std::num::NonZeroU32::MIN),
+                    }
+                })
+                .collect();
+            Table::Maglev(Maglev::build(&scaled, table_size, seed, &mask)?)
+        }
+    })
+}
+
+/// `fingerprint`, with the members at a fraction of their weight told apart.
+fn fingerprint_ramped(
+    members: &[Member],
+    algorithm: Algorithm,
+    seed: u64,
+    excluded: &[bool],
+    ramps: &[f64],
+) -> u64 {
+    let base = fingerprint(members, algorithm, seed, excluded);
+    if ramps.iter().all(|&f| f >= 1.0) {
+        return base;
+    }
+    let mut buf = base.to_le_bytes().to_vec();
+    buf.extend_from_slice(b"ramped\0");
+    let mut named: Vec<(&str, f64)> = members
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| ramps.get(i).copied().unwrap_or(1.0) < 1.0)
+        .map(|(i, m)| (&*m.name, ramps[i]))
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(b.0));
+    for (name, f) in named {
+        buf.extend_from_slice(&(name.len() as u64).to_le_bytes());
+        buf.extend_from_slice(name.as_bytes());
+        buf.extend_from_slice(&f.to_bits().to_le_bytes());
+    }
+    xxh3_64_with_seed(&buf, 0)
+}
+
 fn fingerprint(members: &[Member], algorithm: Algorithm, seed: u64, excluded: &[bool]) -> u64 {
     let mut sorted: Vec<(&Member, bool)> = members
         .iter()

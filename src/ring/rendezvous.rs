@@ -40,9 +40,23 @@ impl Rendezvous {
     /// like `members`; missing entries count as not excluded). `None` when
     /// no member takes part.
     pub fn build(members: &[Member], seed: u64, excluded: &[bool]) -> Option<Self> {
-        let uniform = members.windows(2).all(|w| w[0].weight == w[1].weight);
+        Self::build_ramped(members, seed, excluded, &[])
+    }
+
+    /// `build`, with member `i`'s weight scaled by `ramps[i]` (missing: 1;
+    /// 0 takes no part). Raising one member's weight only raises its
+    /// scores, so keys only ever move to it (slow start).
+    pub fn build_ramped(
+        members: &[Member],
+        seed: u64,
+        excluded: &[bool],
+        ramps: &[f64],
+    ) -> Option<Self> {
+        let ramp = |i: usize| ramps.get(i).copied().unwrap_or(1.0).clamp(0.0, 1.0);
+        let weight = |i: usize| f64::from(members[i].weight.get()) * ramp(i);
+        let uniform = (1..members.len()).all(|i| weight(i) == weight(0));
         let mut order: Vec<usize> = (0..members.len())
-            .filter(|&i| !excluded.get(i).copied().unwrap_or(false))
+            .filter(|&i| !excluded.get(i).copied().unwrap_or(false) && ramp(i) > 0.0)
             .collect();
         if order.is_empty() {
             return None;
@@ -52,7 +66,7 @@ impl Rendezvous {
             .into_iter()
             .map(|i| Entry {
                 name_hash: xxh3_64_with_seed(members[i].name.as_bytes(), seed),
-                weight: f64::from(members[i].weight.get()),
+                weight: weight(i),
                 index: i as u32,
             })
             .collect();

@@ -560,3 +560,78 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------- slow start
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 32,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// Slow start on the ring and on rendezvous: while a joining member's
+    /// fraction of its weight grows, every key is on its owner in the pool
+    /// without it or on the joining member (never moved between two
+    /// others), the joining member's share only grows, and at 1 the ring is
+    /// the full one.
+    #[test]
+    fn a_ramp_only_moves_keys_to_the_joining_member(
+        members in members_strategy(2, 10),
+        rendezvous in any::<bool>(),
+        seed in any::<u64>(),
+        probe_seed in any::<u64>(),
+        steps in proptest::collection::vec(0.0f64..1.0, 1..6),
+    ) {
+        let algorithm = if rendezvous { Algorithm::Rendezvous } else { Algorithm::Ring { vnodes: 40 } };
+        let joining = members.len() - 1;
+        let full = Ring::build(members.clone(), algorithm, seed).unwrap();
+        let before = Ring::build(members[..joining].to_vec(), algorithm, seed).unwrap();
+        let mut fractions = steps;
+        fractions.sort_by(f64::total_cmp);
+        fractions.push(1.0);
+        let mut share = 0.0;
+        let mut last_owner: Vec<Option<usize>> = Vec::new();
+        let hashes = probes(&[&full, &before], probe_seed, 400);
+        for f in fractions {
+            let mut ramps = vec![1.0; members.len()];
+            ramps[joining] = f;
+            let ramped = full.ramped(&ramps).unwrap();
+            let s = ramped.shares()[joining];
+            prop_assert!(s + 1e-12 >= share, "share fell from {} to {} at {}", share, s, f);
+            share = s;
+            let owners: Vec<usize> = hashes.iter().map(|&h| ramped.owner(h)).collect();
+            for (k, &h) in hashes.iter().enumerate() {
+                let o = owners[k];
+                prop_assert!(o == joining || o == before.owner(h), "key moved between two others at {}", f);
+                // Once on the joining member, a key stays there.
+                if let Some(Some(prev)) = last_owner.get(k) {
+                    prop_assert!(*prev != joining || o == joining, "key left the joining member at {}", f);
+                }
+            }
+            last_owner = owners.into_iter().map(Some).collect();
+        }
+        // At 1 the ring is the full one.
+        let end = full.ramped(&vec![1.0; members.len()]).unwrap();
+        prop_assert_eq!(end.fingerprint(), full.fingerprint());
+    }
+}
+
+#[test]
+fn a_member_at_zero_owns_nothing_and_maglev_ramps_too() {
+    let members = pool(4);
+    for algorithm in [
+        Algorithm::Ring { vnodes: 160 },
+        Algorithm::Rendezvous,
+        Algorithm::Maglev { table_size: 65537 },
+    ] {
+        let full = Ring::build(members.clone(), algorithm, 0).unwrap();
+        let zero = full.ramped(&[1.0, 1.0, 1.0, 0.0]).unwrap();
+        assert_eq!(zero.shares()[3], 0.0, "{algorithm:?}");
+        assert_ne!(zero.fingerprint(), full.fingerprint());
+        let half = full.ramped(&[1.0, 1.0, 1.0, 0.5]).unwrap();
+        let s = half.shares()[3];
+        assert!(s > 0.05 && s < 0.2, "{algorithm:?}: {s}");
+        assert_eq!(half.ramp(3), 0.5);
+    }
+}

@@ -9,7 +9,7 @@ use crate::observe::metrics::BackendMetrics;
 use http::uri::Authority;
 use http::HeaderValue;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub struct Backend {
@@ -40,6 +40,16 @@ pub struct Health {
     healthy: AtomicBool,
     /// Consecutive failures (while healthy) or successes (while not).
     streak: AtomicU32,
+    /// When the backend last joined the pool or came back healthy, in
+    /// `clock_ms` milliseconds (0: never): where its slow start begins.
+    ramp_start: AtomicU64,
+}
+
+/// Milliseconds since the process's first call, monotonic; never 0.
+pub fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    start.elapsed().as_millis() as u64 + 1
 }
 
 /// A health transition to report.
@@ -54,6 +64,7 @@ impl Default for Health {
         Health {
             healthy: AtomicBool::new(true),
             streak: AtomicU32::new(0),
+            ramp_start: AtomicU64::new(0),
         }
     }
 }
@@ -87,8 +98,28 @@ impl Health {
         let n = self.streak.fetch_add(1, Ordering::Relaxed) + 1;
         (n >= rise && !self.healthy.swap(true, Ordering::Relaxed)).then(|| {
             self.streak.store(0, Ordering::Relaxed);
+            // Back with a cold cache: its slow start begins now.
+            self.start_ramp();
             Transition::Up
         })
+    }
+
+    /// Starts the slow start: the backend joined, or came back.
+    pub fn start_ramp(&self) {
+        self.ramp_start.store(clock_ms(), Ordering::Relaxed);
+    }
+
+    /// The fraction of its weight the backend routes with at `now`
+    /// (`clock_ms`), under a slow start of `window`: from 0 to 1 in steps of
+    /// 1/`steps`; 1 when no ramp runs.
+    pub fn ramp(&self, now: u64, window: std::time::Duration, steps: u32) -> f64 {
+        let start = self.ramp_start.load(Ordering::Relaxed);
+        let window = window.as_millis() as u64;
+        if start == 0 || window == 0 || now >= start.saturating_add(window) {
+            return 1.0;
+        }
+        let done = (now.saturating_sub(start) as f64 / window as f64 * f64::from(steps)).floor();
+        done / f64::from(steps)
     }
 }
 

@@ -16,9 +16,16 @@ use tokio::sync::watch;
 /// Everything a request needs to be routed, built together from one config.
 #[derive(Debug)]
 pub struct Snapshot {
-    /// Steps each time routing (the ring's fingerprint) changes.
+    /// Steps each time the configured routing (the full ring's
+    /// fingerprint) changes; slow-start steps do not step it.
     pub generation: u64,
+    /// The ring requests route by: the configured one, or during a slow
+    /// start the same with the ramping backends at part of their weight.
     pub ring: Arc<Ring>,
+    /// The fingerprint of the configured ring (every backend at full weight).
+    pub full_fingerprint: u64,
+    /// `routing.slow_start`.
+    pub slow_start: Option<std::time::Duration>,
     /// Indexed like the ring's members.
     pub backends: Box<[Arc<Backend>]>,
     pub keys: KeySpec,
@@ -124,7 +131,22 @@ impl Snapshot {
             });
             backends.push(backend);
         }
-        let ring = Arc::new(build_ring(config, members)?);
+        let full = build_ring(config, members)?;
+        let full_fingerprint = full.fingerprint();
+        let slow_start = config.routing.slow_start;
+        if let (Some(p), Some(_)) = (previous, slow_start) {
+            // A backend new to the pool starts cold.
+            for b in &backends {
+                if !p.backends.iter().any(|o| Arc::ptr_eq(&o.health, &b.health)) {
+                    b.health.start_ramp();
+                }
+            }
+        }
+        let ring = match ramps(slow_start, &backends, crate::routing::backend::clock_ms()) {
+            Some(r) => full.ramped(&r).map_err(|e| e.to_string())?,
+            None => full,
+        };
+        let ring = Arc::new(ring);
         let keys = KeySpec::new(
             &config.routing.key,
             config.routing.missing_key,
@@ -137,7 +159,7 @@ impl Snapshot {
 
         let (generation, previous_ring) = match previous {
             None => (1, None),
-            Some(p) if p.ring.fingerprint() == ring.fingerprint() => {
+            Some(p) if p.full_fingerprint == full_fingerprint => {
                 (p.generation, p.previous.as_ref().map(|q| q.ring.clone()))
             }
             Some(p) => (p.generation + 1, Some(p.ring.clone())),
@@ -149,6 +171,8 @@ impl Snapshot {
         Ok(Snapshot {
             generation,
             ring,
+            full_fingerprint,
+            slow_start,
             backends: backends.into_boxed_slice(),
             keys,
             timeouts: config.timeouts.clone(),
@@ -164,6 +188,40 @@ impl Snapshot {
             failover: ArcSwapOption::empty(),
         }
         .with_health_refreshed())
+    }
+
+    /// The fractions of their weight the backends route with at `now`
+    /// (`clock_ms`) under slow start; `None` when none is ramping.
+    pub fn ramps(&self, now: u64) -> Option<Vec<f64>> {
+        ramps(self.slow_start, &self.backends, now)
+    }
+
+    /// This snapshot with `ring` (a slow-start step of the same generation)
+    /// in place of its ring; everything else shared.
+    pub fn with_ring(&self, ring: Ring) -> Snapshot {
+        Snapshot {
+            generation: self.generation,
+            ring: Arc::new(ring),
+            full_fingerprint: self.full_fingerprint,
+            slow_start: self.slow_start,
+            backends: self.backends.clone(),
+            keys: self.keys.clone(),
+            timeouts: self.timeouts.clone(),
+            health: self.health.clone(),
+            limits: self.limits,
+            balance_factor: self.balance_factor,
+            log: self.log,
+            sticky_cookie: self.sticky_cookie.clone(),
+            trusted_proxies: self.trusted_proxies.clone(),
+            tls: self.tls.clone(),
+            previous: self.previous.as_ref().map(|p| Previous {
+                ring: p.ring.clone(),
+                to_current: p.to_current.clone(),
+            }),
+            healthy: AtomicUsize::new(0),
+            failover: ArcSwapOption::empty(),
+        }
+        .with_health_refreshed()
     }
 
     fn with_health_refreshed(self) -> Self {
@@ -328,6 +386,24 @@ impl Snapshot {
     }
 }
 
+/// Steps of a slow start: the fraction of weight grows by 1/100 at a time.
+pub const RAMP_STEPS: u32 = 100;
+
+/// Each backend's fraction of its weight at `now` under `slow_start`;
+/// `None` when none is below 1.
+fn ramps(
+    slow_start: Option<std::time::Duration>,
+    backends: &[Arc<Backend>],
+    now: u64,
+) -> Option<Vec<f64>> {
+    let window = slow_start?;
+    let r: Vec<f64> = backends
+        .iter()
+        .map(|b| b.health.ramp(now, window, RAMP_STEPS))
+        .collect();
+    r.iter().any(|&f| f < 1.0).then_some(r)
+}
+
 /// The ring a config describes (what `route`, `check` and `diff` read).
 pub fn ring_of(config: &Config) -> Result<Ring, String> {
     let members = config
@@ -402,6 +478,18 @@ impl Router {
     /// The live snapshot as an owned `Arc`, for holding across awaits.
     pub fn load_full(&self) -> Arc<Snapshot> {
         self.live.load_full()
+    }
+
+    /// Swaps in `new` only if the live snapshot is still `expected` (a
+    /// slow-start step never overwrites a reload that came in between).
+    pub fn replace(&self, expected: &Arc<Snapshot>, new: Snapshot) -> bool {
+        let prev = self.live.compare_and_swap(expected, Arc::new(new));
+        let swapped = Arc::ptr_eq(&prev, expected);
+        if swapped {
+            self.refresh();
+            self.swaps.send_modify(|n| *n += 1);
+        }
+        swapped
     }
 
     /// Swaps in a new snapshot; returns the one it replaced.

@@ -387,6 +387,10 @@ pub async fn start_proxy_listening(
             router.clone(),
             std::future::pending(),
         )),
+        tokio::spawn(stickylb::control::slow_start::run(
+            router.clone(),
+            std::future::pending(),
+        )),
     ];
     TestProxy {
         addr,

@@ -1,0 +1,130 @@
+//! Slow start for consistent hashing: a backend that joins (by reload) or
+//! comes back healthy takes its keys over in steps. During the ramp every
+//! key is on its old owner or on the new backend, the new backend's share
+//! only grows, the generation does not step, and at the end routing is the
+//! config's own.
+
+mod common;
+
+use common::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use stickylb::config;
+use stickylb::routing::snapshot::{ring_of, Snapshot};
+
+const KEYS: usize = 2000;
+
+fn text(names: &[&str], algorithm: &str) -> String {
+    let pairs: Vec<(&str, std::net::SocketAddr)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (*n, format!("127.0.0.1:{}", 30_000 + i).parse().unwrap()))
+        .collect();
+    config_for(
+        &pairs,
+        &format!("algorithm = \"{algorithm}\"\nslow_start = \"2s\""),
+        "",
+    )
+}
+
+fn keys() -> Vec<u64> {
+    (0..KEYS)
+        .map(|i| stickylb::ring::hash_key(format!("user-{i}").as_bytes(), 0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_added_by_reload_takes_its_keys_over_in_steps() {
+    for algorithm in ["ring", "rendezvous"] {
+        let before = text(&["b0", "b1", "b2"], algorithm);
+        let proxy = spawn_proxy(&before).await;
+        let after =
+            config::from_toml_str(&text(&["b0", "b1", "b2", "b3"], algorithm), "t").unwrap();
+        let old = proxy.router.load_full();
+        let generation = old.generation;
+        let snap = Snapshot::build(&after, Some(&old), &proxy.metrics).unwrap();
+        proxy.router.store(snap);
+        let hashes = keys();
+        let target = ring_of(&after).unwrap();
+        let new = 3;
+        let mut share = -1.0;
+        let mut steps = 0;
+        let started = Instant::now();
+        loop {
+            let snap = proxy.router.load_full();
+            assert_eq!(
+                snap.generation,
+                generation + 1,
+                "{algorithm}: ramp steps do not step the generation"
+            );
+            let s = snap.ring.shares()[new];
+            assert!(
+                s + 1e-12 >= share,
+                "{algorithm}: the new backend's share fell from {share} to {s}"
+            );
+            if s > share {
+                steps += 1;
+            }
+            share = s;
+            for &h in &hashes {
+                let o = snap.ring.owner(h);
+                assert!(
+                    o == new || o == old.ring.owner(h),
+                    "{algorithm}: a key moved between two old backends"
+                );
+            }
+            if snap.ring.ramp(new) >= 1.0 {
+                // Done: routing is the config's own.
+                assert_eq!(snap.ring.fingerprint(), target.fingerprint(), "{algorithm}");
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{algorithm}: the ramp never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            steps >= 10,
+            "{algorithm}: only {steps} steps seen over the 2 s ramp"
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(1800),
+            "{algorithm}: ramp ended early"
+        );
+        let m = proxy.metrics_text().await;
+        assert_eq!(
+            metric(&m, "stickylb_backend_effective_weight{backend=\"b3\"}"),
+            Some(1.0),
+            "{m}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovering_backend_ramps_too() {
+    let proxy = spawn_proxy(&text(&["b0", "b1", "b2"], "ring")).await;
+    let full = proxy.router.load_full().ring.shares()[1];
+    let snap = proxy.router.load_full();
+    let b1 = snap.backends[1].clone();
+    assert!(b1.health.failure(1).is_some());
+    proxy.router.health_changed();
+    assert!(b1.health.success(1).is_some(), "back up");
+    proxy.router.health_changed();
+    // Within the window it routes with part of its weight, then all of it.
+    let started = Instant::now();
+    let mut seen_partial = false;
+    loop {
+        let snap = proxy.router.load_full();
+        let ramp = snap.ring.ramp(1);
+        if ramp < 1.0 {
+            seen_partial = true;
+            assert!(snap.ring.shares()[1] < full + 1e-12);
+        } else if seen_partial {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no ramp seen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = Arc::clone(&b1);
+}
