@@ -38,9 +38,9 @@ struct Cli {
         default_value = "text"
     )]
     log_format: LogFormat,
-    /// Worker threads for the proxy (default: one per CPU).
-    #[arg(long)]
-    threads: Option<usize>,
+    /// Worker threads for the proxy (default: one per CPU; 1 to 1024).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -65,9 +65,9 @@ struct ConfigArg {
 struct RunArgs {
     #[command(flatten)]
     config: ConfigArg,
-    /// Worker threads for the proxy (default: one per CPU).
-    #[arg(long)]
-    threads: Option<usize>,
+    /// Worker threads for the proxy (default: one per CPU; 1 to 1024).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
 }
 
 #[derive(Subcommand)]
@@ -132,6 +132,14 @@ struct SimulateArgs {
     /// The synthetic workload's random seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Ramp the backends that join at the change over this long, as
+    /// `routing.slow_start` does (e.g. "60s").
+    #[arg(long, value_parser = humantime::parse_duration)]
+    slow_start: Option<std::time::Duration>,
+    /// Requests a second, to map the requests onto time (for the miss
+    /// burst, the recovery and `--slow-start`).
+    #[arg(long, default_value_t = 10_000.0)]
+    rate: f64,
 }
 
 /// `println!` that treats a closed stdout (`stickylb route ... | head`) as
@@ -199,7 +207,7 @@ fn main() -> ExitCode {
             .or_else(|| std::env::var_os("STICKYLB_CONFIG").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("config.toml"))
     };
-    let threads = |own: Option<usize>| own.or(cli.threads);
+    let threads = |own: Option<u16>| own.or(cli.threads).map(usize::from);
     let result = match command {
         Command::Check(c) => check(&config(c)),
         Command::Route { config: c, keys } => route(&config(c), &keys),
@@ -523,6 +531,28 @@ fn pool_of(config: &Config) -> simulate::Pool {
 }
 
 fn simulate(path: &Path, a: SimulateArgs) -> Result<(), Failure> {
+    if !(a.zipf.is_finite() && a.zipf >= 0.0) {
+        return Err(Failure(format!(
+            "--zipf must be a number of at least 0, not {}",
+            a.zipf
+        )));
+    }
+    if a.requests > simulate::MAX_REQUESTS || a.keys > simulate::MAX_KEYS {
+        return Err(Failure(format!(
+            "--requests is at most {} and --keys at most {}",
+            simulate::MAX_REQUESTS,
+            simulate::MAX_KEYS
+        )));
+    }
+    if !(a.rate.is_finite() && a.rate > 0.0) {
+        return Err(Failure(format!(
+            "--rate must be a positive number, not {}",
+            a.rate
+        )));
+    }
+    if a.slow_start.is_some_and(|d| d.is_zero()) {
+        return Err(Failure("--slow-start must be longer than zero".into()));
+    }
     if let Some(plot) = &a.plot {
         if plot.extension().and_then(|e| e.to_str()) != Some("svg") {
             return Err(Failure(format!(
@@ -541,13 +571,19 @@ fn simulate(path: &Path, a: SimulateArgs) -> Result<(), Failure> {
         }
         None => simulate::Workload::zipf(a.keys, a.zipf, a.requests, a.seed, before.seed)?,
     };
+    // A cache larger than the keys holds them all.
     let cache = a
         .cache
-        .unwrap_or_else(|| (workload.hashes.len() / 50).max(1));
+        .unwrap_or_else(|| (workload.hashes.len() / 50).max(1))
+        .min(workload.hashes.len());
+    let time = simulate::Ramp {
+        rate: a.rate,
+        slow_start: a.slow_start,
+    };
     let started = std::time::Instant::now();
     let outcomes = simulate::policies(&before)
         .into_iter()
-        .map(|p| simulate::run(p, &workload, cache, &before, after.as_ref()))
+        .map(|p| simulate::run(p, &workload, cache, &before, after.as_ref(), time))
         .collect::<Result<Vec<_>, _>>()?;
     tracing::debug!("simulated in {:?}", started.elapsed());
     if let Some(plot) = &a.plot {

@@ -226,6 +226,9 @@ fn forwarded_for_walk_follows_real_ip_recursive() {
     assert_eq!(walk(&["1.1.1.1", "2.2.2.2, 10.9.9.9"], peer), "2.2.2.2");
     assert_eq!(walk(&["[2001:db8::5]:443, ::1"], peer), "2001:db8::5");
     assert_eq!(walk(&["2.2.2.2:8080"], peer), "2.2.2.2");
+    // Empty list elements are ignored (RFC 9110 §5.6.1).
+    assert_eq!(walk(&["9.9.9.9,"], peer), "9.9.9.9");
+    assert_eq!(walk(&["9.9.9.9, ,, "], peer), "9.9.9.9");
     assert_eq!(walk(&["10.1.1.1, 10.2.2.2"], peer), "10.1.1.1");
     // Garbage ends the walk at the last address believed.
     assert_eq!(walk(&["2.2.2.2, unknown, 10.3.3.3"], peer), "10.3.3.3");

@@ -134,3 +134,64 @@ fn the_access_log_replays_line_by_line() {
     // 50 keys, room for all: each misses once, on its one backend.
     assert!((rate(&v, "ring", "hit_rate") - 450.0 / 500.0).abs() < 1e-9);
 }
+
+/// Odd inputs end in one sentence and exit 1 (2 for a flag out of its
+/// range), never a hang, a panic or an abort.
+#[test]
+fn odd_inputs_are_refused_in_one_sentence() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, pool(3, "")).unwrap();
+    let c = config.to_str().unwrap();
+    let long_line = dir.path().join("long.txt");
+    std::fs::write(&long_line, "k".repeat(100_000)).unwrap();
+    let cases: [(&[&str], i32); 7] = [
+        (&["simulate", "-c", c, "--zipf", "inf"], 1),
+        (&["simulate", "-c", c, "--zipf=-1"], 1),
+        (
+            &["simulate", "-c", c, "--requests", "18446744073709551615"],
+            1,
+        ),
+        (
+            &[
+                "simulate",
+                "-c",
+                c,
+                "--keys",
+                "4294967295",
+                "--requests",
+                "10",
+            ],
+            1,
+        ),
+        (
+            &["simulate", "-c", c, "--replay", long_line.to_str().unwrap()],
+            1,
+        ),
+        (&["simulate", "-c", c, "--plot", "x.png"], 1),
+        (&["run", "-c", c, "--threads", "100000"], 2),
+    ];
+    for (args, code) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_stickylb"))
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+    // A cache larger than the keys holds them all, without allocating more.
+    let v = stickylb(&[
+        "simulate",
+        "-c",
+        c,
+        "--keys",
+        "100",
+        "--requests",
+        "1000",
+        "--cache",
+        "18446744073709551615",
+        "--json",
+    ]);
+    assert_eq!(v["cache"], 100);
+}

@@ -428,8 +428,9 @@ pub fn client_address(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> I
         let Ok(text) = line.to_str() else {
             return client;
         };
-        for entry in text.rsplit(',') {
-            let Some(ip) = forwarded_ip(entry.trim()) else {
+        // Empty list elements do not count (RFC 9110 §5.6.1).
+        for entry in text.rsplit(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let Some(ip) = forwarded_ip(entry) else {
                 return client;
             };
             client = ip;

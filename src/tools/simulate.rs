@@ -19,8 +19,19 @@ use std::collections::{HashMap, VecDeque};
 use std::io::BufRead;
 use std::num::NonZeroUsize;
 
+/// The most requests a synthetic workload holds (4 bytes each).
+pub const MAX_REQUESTS: u64 = 500_000_000;
+/// The most distinct keys of a synthetic workload (8 bytes each).
+pub const MAX_KEYS: u64 = 100_000_000;
+/// The longest line of a replay file.
+pub const MAX_LINE: usize = 64 * 1024;
+
 /// Requests in progress at once in the bounded-loads model.
 pub const IN_FLIGHT: usize = 64;
+/// How close to the hit rate before the change a second's hit rate must
+/// come to count as recovered: one percentage point (a second's rate
+/// wanders about that much at 10,000 requests a second).
+pub const RECOVERED_WITHIN: f64 = 0.01;
 /// Points of the hit-rate series (one per this fraction of the requests).
 pub const SERIES_POINTS: usize = 200;
 
@@ -53,6 +64,9 @@ impl Workload {
         seed: u64,
         hash_seed: u64,
     ) -> Result<Self, String> {
+        if !(s.is_finite() && s >= 0.0) {
+            return Err(format!("--zipf must be a number of at least 0, not {s}"));
+        }
         if keys == 0 || keys > u64::from(u32::MAX) {
             return Err(format!("--keys must be from 1 to {}", u32::MAX));
         }
@@ -73,13 +87,29 @@ impl Workload {
 
     /// One request per line of `input`: the line is the key, or, for a
     /// line of the proxy's JSON access log, its `key_hash`.
-    pub fn replay(input: impl BufRead, hash_seed: u64) -> Result<Self, String> {
+    pub fn replay(mut input: impl BufRead, hash_seed: u64) -> Result<Self, String> {
         let mut index: HashMap<u64, u32> = HashMap::new();
         let mut w = Workload::default();
-        for (n, line) in input.lines().enumerate() {
-            let line = line.map_err(|e| format!("line {}: {e}", n + 1))?;
+        let mut buf = Vec::new();
+        for n in 0.. {
+            buf.clear();
+            let mut line_reader = <&mut _ as std::io::Read>::take(&mut input, MAX_LINE as u64 + 1);
+            let read = line_reader
+                .read_until(b'\n', &mut buf)
+                .map_err(|e| format!("line {}: {e}", n + 1))?;
+            if read == 0 {
+                break;
+            }
+            if buf.len() > MAX_LINE && buf.last() != Some(&b'\n') {
+                return Err(format!("line {}: longer than {MAX_LINE} bytes", n + 1));
+            }
+            if w.requests.len() as u64 >= MAX_REQUESTS {
+                return Err(format!("more than {MAX_REQUESTS} lines"));
+            }
+            let text = String::from_utf8_lossy(&buf);
+            let line = text.trim_end_matches(['\n', '\r']);
             let hash = if line.trim_start().starts_with('{') {
-                let v: serde_json::Value = serde_json::from_str(&line)
+                let v: serde_json::Value = serde_json::from_str(line)
                     .map_err(|e| format!("line {}: not JSON: {e}", n + 1))?;
                 match v["key_hash"].as_u64() {
                     Some(h) => h,
@@ -129,9 +159,24 @@ pub struct Outcome {
     /// The keyspace that changed owner (as `stickylb diff` says); none for
     /// round robin.
     pub moved_fraction: Option<f64>,
+    /// With a pool change: the most misses in one second after it (the
+    /// burst the origin sees), at `Ramp::rate` requests a second.
+    pub peak_misses_per_second: Option<u64>,
+    /// With a pool change: seconds until a whole second's hit rate is back
+    /// within `RECOVERED_WITHIN` of `hit_rate_before` (none if never).
+    pub recovery_seconds: Option<u64>,
     /// The hit rate of each `1 / SERIES_POINTS` of the requests.
     #[serde(skip)]
     pub series: Vec<f64>,
+}
+
+/// Time in the simulation: requests arrive at `rate` a second; with
+/// `slow_start`, backends that join at the pool change ramp up over it
+/// exactly as `routing.slow_start` ramps them (100 steps).
+#[derive(Debug, Clone, Copy)]
+pub struct Ramp {
+    pub rate: f64,
+    pub slow_start: Option<std::time::Duration>,
 }
 
 /// How requests choose a backend.
@@ -228,6 +273,7 @@ pub fn run(
     cache: usize,
     before: &Pool,
     after: Option<&Pool>,
+    time: Ramp,
 ) -> Result<Outcome, String> {
     let cache = NonZeroUsize::new(cache).ok_or("--cache must be at least 1")?;
     let mut caches: Vec<LruCache<u32, ()>> = Vec::new();
@@ -263,6 +309,19 @@ pub fn run(
         _ => None,
     };
     let mut next = next;
+    // The backends that join at the change (slow start ramps them).
+    let joining: Vec<usize> = after.map_or_else(Vec::new, |a| {
+        a.members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| !before.members.iter().any(|b| b.name == m.name))
+            .map(|(i, _)| i)
+            .collect()
+    });
+    let mut ramp_step: Option<u32> = None;
+    let mut ramped: Option<Ring> = None;
+    let mut misses_per_second: Vec<u64> = Vec::new();
+    let mut hits_per_second: Vec<u64> = Vec::new();
 
     let total = workload.requests.len();
     let change_at = if after.is_some() {
@@ -293,20 +352,49 @@ pub fn run(
                     }
                 }
                 now = n;
+                if time.slow_start.is_some() && !joining.is_empty() && now.ring.is_some() {
+                    ramp_step = Some(0);
+                }
+            }
+        }
+        // Slow start: the ring of this step (rebuilt at most 100 times).
+        if let (Some(step), Some(window)) = (ramp_step, time.slow_start) {
+            let t = (i - change_at) as f64 / time.rate;
+            let wanted = ((t / window.as_secs_f64()) * 100.0).floor().min(100.0) as u32;
+            if wanted >= 100 {
+                ramp_step = None;
+                ramped = None;
+            } else if ramped.is_none() || wanted != step {
+                let full = now.ring.as_ref().ok_or("slow start needs a ring")?;
+                let mut ramps = vec![1.0; full.members().len()];
+                for &j in &joining {
+                    ramps[j] = f64::from(wanted) / 100.0;
+                }
+                ramped = Some(full.ramped(&ramps).map_err(|e| e.to_string())?);
+                ramp_step = Some(wanted);
             }
         }
         let members = now.cache_of.len();
         let member = match policy {
             Policy::RoundRobin => i % members,
-            Policy::Hash(_) => now.owners[key as usize] as usize,
+            Policy::Hash(_) => match &ramped {
+                Some(r) => r.owner(workload.hashes[key as usize]),
+                None => now.owners[key as usize] as usize,
+            },
             Policy::Bounded(_, c) => {
-                let owner = now.owners[key as usize] as usize;
+                let owner = match &ramped {
+                    Some(r) => r.owner(workload.hashes[key as usize]),
+                    None => now.owners[key as usize] as usize,
+                };
                 let capacity = (c * (recent.len() + 1) as f64 / members as f64).ceil() as usize;
                 let under = |m: usize| load[now.cache_of[m]] < capacity;
                 if under(owner) {
                     owner
                 } else {
-                    let ring = now.ring.as_ref().ok_or("bounded loads need a ring")?;
+                    let ring = ramped
+                        .as_ref()
+                        .or(now.ring.as_ref())
+                        .ok_or("bounded loads need a ring")?;
                     let hash = workload.hashes[key as usize];
                     ring.preference(hash).find(|&m| under(m)).unwrap_or(owner)
                 }
@@ -323,6 +411,18 @@ pub fn run(
             }
         }
         let hit = caches[c].get(&key).is_some();
+        if i >= change_at {
+            let second = ((i - change_at) as f64 / time.rate) as usize;
+            if misses_per_second.len() <= second {
+                misses_per_second.resize(second + 1, 0);
+                hits_per_second.resize(second + 1, 0);
+            }
+            if hit {
+                hits_per_second[second] += 1;
+            } else {
+                misses_per_second[second] += 1;
+            }
+        }
         if hit {
             hits += 1;
             bucket_hits += 1;
@@ -346,12 +446,24 @@ pub fn run(
     }
     let rate = |h: u64, n: usize| if n == 0 { 0.0 } else { h as f64 / n as f64 };
     let changed = after.is_some();
+    let steady = rate(hits_steady_before, change_at.saturating_sub(before_start));
+    // Whole seconds only: the last one may be cut short.
+    let whole = misses_per_second.len().saturating_sub(1);
+    let recovery_seconds = (0..whole)
+        .find(|&s| {
+            let n = hits_per_second[s] + misses_per_second[s];
+            rate(hits_per_second[s], n as usize) >= steady - RECOVERED_WITHIN
+        })
+        .map(|s| s as u64 + 1);
     Ok(Outcome {
         name: policy.name(),
         hit_rate: rate(hits, total),
         hit_rate_before: changed.then(|| rate(hits_steady_before, change_at - before_start)),
         hit_rate_after: changed.then(|| rate(hits_end, total - after_start)),
         dip: changed.then(|| rate(hits_dip, dip_end.min(total) - change_at)),
+        peak_misses_per_second: changed
+            .then(|| misses_per_second.iter().copied().max().unwrap_or(0)),
+        recovery_seconds: if changed { recovery_seconds } else { None },
         moved_fraction,
         series,
     })
@@ -365,8 +477,8 @@ pub fn table(outcomes: &[Outcome], requests: usize, changed: bool) -> String {
     if changed {
         let _ = writeln!(
             s,
-            "{:<28} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            "algorithm", "hit rate", "before", "after", "dip", "moved"
+            "{:<28} {:>9} {:>9} {:>9} {:>9} {:>9} {:>13} {:>10}",
+            "algorithm", "hit rate", "before", "after", "dip", "moved", "peak miss/s", "recovered"
         );
     } else {
         let _ = writeln!(s, "{:<28} {:>9}", "algorithm", "hit rate");
@@ -375,13 +487,17 @@ pub fn table(outcomes: &[Outcome], requests: usize, changed: bool) -> String {
         if changed {
             let _ = writeln!(
                 s,
-                "{:<28} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                "{:<28} {:>9} {:>9} {:>9} {:>9} {:>9} {:>13} {:>10}",
                 o.name,
                 pct(Some(o.hit_rate)),
                 pct(o.hit_rate_before),
                 pct(o.hit_rate_after),
                 pct(o.dip),
-                pct(o.moved_fraction)
+                pct(o.moved_fraction),
+                o.peak_misses_per_second
+                    .map_or("-".into(), |m| m.to_string()),
+                o.recovery_seconds
+                    .map_or("never".into(), |s| format!("{s} s"))
             );
         } else {
             let _ = writeln!(s, "{:<28} {:>9}", o.name, pct(Some(o.hit_rate)));
@@ -478,7 +594,19 @@ mod tests {
             v.dedup();
             v.len()
         };
-        let o = run(Policy::Hash(Algorithm::Rendezvous), &w, 100, &pool(1), None).unwrap();
+        let time = Ramp {
+            rate: 1000.0,
+            slow_start: None,
+        };
+        let o = run(
+            Policy::Hash(Algorithm::Rendezvous),
+            &w,
+            100,
+            &pool(1),
+            None,
+            time,
+        )
+        .unwrap();
         let expected = 1.0 - distinct as f64 / 10_000.0;
         assert!(
             (o.hit_rate - expected).abs() < 1e-12,
