@@ -553,14 +553,19 @@ fn simulate(path: &Path, a: SimulateArgs) -> Result<(), Failure> {
     if a.slow_start.is_some_and(|d| d.is_zero()) {
         return Err(Failure("--slow-start must be longer than zero".into()));
     }
-    if let Some(plot) = &a.plot {
-        if plot.extension().and_then(|e| e.to_str()) != Some("svg") {
-            return Err(Failure(format!(
-                "--plot {}: the plot is written as SVG; name the file *.svg",
-                plot.display()
-            )));
+    let png = match a
+        .plot
+        .as_ref()
+        .map(|p| p.extension().and_then(|e| e.to_str()))
+    {
+        None | Some(Some("svg")) => false,
+        Some(Some("png")) => true,
+        Some(_) => {
+            return Err(Failure(
+                "--plot: name the file *.svg or *.png (the format follows the name)".into(),
+            ))
         }
-    }
+    };
     let before = pool_of(&load(path)?);
     let after = a.to.as_deref().map(load).transpose()?.map(|c| pool_of(&c));
     let workload = match &a.replay {
@@ -587,8 +592,13 @@ fn simulate(path: &Path, a: SimulateArgs) -> Result<(), Failure> {
         .collect::<Result<Vec<_>, _>>()?;
     tracing::debug!("simulated in {:?}", started.elapsed());
     if let Some(plot) = &a.plot {
-        let svg = simulate::plot_svg(&outcomes, after.is_some())?;
-        std::fs::write(plot, svg).map_err(|e| format!("{}: {e}", plot.display()))?;
+        let at = |e: String| format!("{}: {e}", plot.display());
+        if png {
+            simulate::plot_png(&outcomes, after.is_some(), plot).map_err(at)?;
+        } else {
+            let svg = simulate::plot_svg(&outcomes, after.is_some())?;
+            std::fs::write(plot, svg).map_err(|e| at(e.to_string()))?;
+        }
     }
     let requests = workload.requests.len();
     if a.json {

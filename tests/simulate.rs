@@ -102,6 +102,31 @@ fn stickiness_beats_round_robin_and_moves_what_diff_says() {
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     assert!(svg.contains("round-robin") && svg.contains("pool change"));
+    // PNG too, its text drawn with the embedded font (no system fonts).
+    let png = dir.path().join("hit.png");
+    let out = Command::new(env!("CARGO_BIN_EXE_stickylb"))
+        .args([
+            "simulate",
+            "--config",
+            a,
+            "--to",
+            b,
+            "--keys",
+            "2000",
+            "--requests",
+            "20000",
+        ])
+        .arg("--plot")
+        .arg(&png)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&png).unwrap();
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
 }
 
 #[test]
@@ -168,7 +193,7 @@ fn odd_inputs_are_refused_in_one_sentence() {
             &["simulate", "-c", c, "--replay", long_line.to_str().unwrap()],
             1,
         ),
-        (&["simulate", "-c", c, "--plot", "x.png"], 1),
+        (&["simulate", "-c", c, "--plot", "x.gif"], 1),
         (&["run", "-c", c, "--threads", "100000"], 2),
     ];
     for (args, code) in cases {

@@ -506,61 +506,99 @@ pub fn table(outcomes: &[Outcome], requests: usize, changed: bool) -> String {
     s
 }
 
+/// The font the plots' text is drawn with (DejaVu Sans, printable ASCII;
+/// see `assets/fonts/LICENSE-DejaVu`): no system font is needed.
+const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans-subset.ttf");
+
+/// Plot size in pixels.
+const PLOT_SIZE: (u32, u32) = (900, 520);
+
+fn register_font() -> Result<(), String> {
+    static DONE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, FONT)
+            .map_err(|_| "the embedded font cannot be read".to_string())
+    })
+    .clone()
+}
+
 /// Draws the hit rate over the requests for every algorithm as SVG, the
 /// pool change (if any) marked.
 pub fn plot_svg(outcomes: &[Outcome], changed: bool) -> Result<String, String> {
     use plotters::prelude::*;
+    register_font()?;
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (900, 520)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| e.to_string())?;
-        let points = outcomes.iter().map(|o| o.series.len()).max().unwrap_or(1);
-        let mut chart = ChartBuilder::on(&root)
-            .caption("Cache hit rate over the requests", ("sans-serif", 22))
-            .margin(16)
-            .x_label_area_size(40)
-            .y_label_area_size(56)
-            .build_cartesian_2d(0f64..100f64, 0f64..100f64)
-            .map_err(|e| e.to_string())?;
-        chart
-            .configure_mesh()
-            .x_desc("requests (%)")
-            .y_desc("hit rate (%)")
-            .draw()
-            .map_err(|e| e.to_string())?;
-        let palette = [&BLUE, &RED, &GREEN, &MAGENTA, &BLACK, &CYAN];
-        for (o, color) in outcomes.iter().zip(palette.iter().cycle()) {
-            let color = **color;
-            let line = o
-                .series
-                .iter()
-                .enumerate()
-                .map(|(i, &h)| ((i as f64 + 0.5) * 100.0 / points as f64, h * 100.0));
-            chart
-                .draw_series(LineSeries::new(line, color.stroke_width(2)))
-                .map_err(|e| e.to_string())?
-                .label(o.name.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        }
-        if changed {
-            chart
-                .draw_series(std::iter::once(PathElement::new(
-                    vec![(50.0, 0.0), (50.0, 100.0)],
-                    BLACK.mix(0.5).stroke_width(1),
-                )))
-                .map_err(|e| e.to_string())?
-                .label("pool change");
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::LowerRight)
-            .draw()
-            .map_err(|e| e.to_string())?;
-        root.present().map_err(|e| e.to_string())?;
+        let root = SVGBackend::with_string(&mut svg, PLOT_SIZE).into_drawing_area();
+        draw(&root, outcomes, changed)?;
     }
     Ok(svg)
+}
+
+/// The same plot as a PNG file at `path`.
+pub fn plot_png(outcomes: &[Outcome], changed: bool, path: &std::path::Path) -> Result<(), String> {
+    use plotters::prelude::*;
+    register_font()?;
+    let root = BitMapBackend::new(path, PLOT_SIZE).into_drawing_area();
+    draw(&root, outcomes, changed)
+}
+
+fn draw<DB: plotters::prelude::DrawingBackend>(
+    root: &plotters::prelude::DrawingArea<DB, plotters::coord::Shift>,
+    outcomes: &[Outcome],
+    changed: bool,
+) -> Result<(), String> {
+    use plotters::prelude::*;
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let points = outcomes.iter().map(|o| o.series.len()).max().unwrap_or(1);
+    let mut chart = ChartBuilder::on(root)
+        .caption("Cache hit rate over the requests", ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0f64..100f64, 0f64..100f64)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("requests (%)")
+        .y_desc("hit rate (%)")
+        .label_style(("sans-serif", 13))
+        .draw()
+        .map_err(|e| err(&e))?;
+    let palette = [&BLUE, &RED, &GREEN, &MAGENTA, &BLACK, &CYAN];
+    for (o, color) in outcomes.iter().zip(palette.iter().cycle()) {
+        let color = **color;
+        let line = o
+            .series
+            .iter()
+            .enumerate()
+            .map(|(i, &h)| ((i as f64 + 0.5) * 100.0 / points as f64, h * 100.0));
+        chart
+            .draw_series(LineSeries::new(line, color.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label(o.name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    if changed {
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                vec![(50.0, 0.0), (50.0, 100.0)],
+                BLACK.mix(0.5).stroke_width(1),
+            )))
+            .map_err(|e| err(&e))?
+            .label("pool change");
+    }
+    chart
+        .configure_series_labels()
+        .label_font(("sans-serif", 13))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
 }
 
 #[cfg(test)]
