@@ -330,6 +330,7 @@ fn serve(path: &Path, threads: Option<usize>, with_demo: bool) -> Result<(), Fai
     }
     let rt = rt.enable_all().build()?;
     rt.block_on(async move {
+        let shutdown = shutdown_signal();
         if with_demo {
             start_demo_backends(&config).await?;
         }
@@ -392,7 +393,7 @@ fn serve(path: &Path, threads: Option<usize>, with_demo: bool) -> Result<(), Fai
                 tokio::spawn(server::run_listener(listener, proxy.clone(), how, stop))
             })
             .collect();
-        shutdown_signal().await;
+        shutdown.await;
         admin.draining.store(true, Ordering::Relaxed);
         let delay = admin.router.load().timeouts.shutdown_delay;
         tracing::info!(
@@ -466,30 +467,38 @@ async fn start_demo_backends(config: &Config) -> Result<(), Failure> {
 }
 
 /// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!("cannot listen for Ctrl-C: {e}");
-            std::future::pending::<()>().await;
-        }
-    };
+/// Registers the SIGINT and SIGTERM handlers at once (so a signal that
+/// arrives right after start-up is never the default, abrupt exit) and
+/// returns what resolves at the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            let wait = |s: std::io::Result<tokio::signal::unix::Signal>, name: &'static str| async move {
+                match s {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(e) => {
+                        tracing::error!("cannot listen for {name}: {e}");
+                        std::future::pending::<()>().await;
+                    }
+                }
+            };
+            tokio::select! {
+                () = wait(int, "SIGINT") => tracing::info!("SIGINT received"),
+                () = wait(term, "SIGTERM") => tracing::info!("SIGTERM received"),
             }
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("SIGINT received"),
-        () = term => tracing::info!("SIGTERM received"),
+    async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::info!("SIGINT received");
+        }
     }
 }
 
