@@ -123,7 +123,8 @@ struct SimulateArgs {
     /// access log (by its key_hash).
     #[arg(long)]
     replay: Option<PathBuf>,
-    /// Draw the hit rate over the requests as SVG.
+    /// Draw the hit rate over the requests as SVG or PNG (by the name's
+    /// extension).
     #[arg(long)]
     plot: Option<PathBuf>,
     /// Print JSON instead of a table.
@@ -553,20 +554,38 @@ fn simulate(path: &Path, a: SimulateArgs) -> Result<(), Failure> {
             simulate::MAX_KEYS
         )));
     }
-    if !(a.rate.is_finite() && a.rate > 0.0) {
+    if !(a.rate.is_finite() && a.rate >= 1.0) {
         return Err(Failure(format!(
-            "--rate must be a positive number, not {}",
+            "--rate must be at least 1 request a second, not {}",
             a.rate
         )));
     }
-    if a.slow_start.is_some_and(|d| d.is_zero()) {
-        return Err(Failure("--slow-start must be longer than zero".into()));
+    if a.requests as f64 / a.rate > simulate::MAX_SECONDS as f64 {
+        return Err(Failure(format!(
+            "--requests {} at --rate {} last over {} simulated seconds; raise --rate",
+            a.requests,
+            a.rate,
+            simulate::MAX_SECONDS
+        )));
     }
-    let png = match a
-        .plot
-        .as_ref()
-        .map(|p| p.extension().and_then(|e| e.to_str()))
-    {
+    if let Some(d) = a.slow_start {
+        if d < std::time::Duration::from_secs(1) || d > config::MAX_DURATION {
+            return Err(Failure(
+                "--slow-start must be from 1s to 1y, as routing.slow_start".into(),
+            ));
+        }
+        if a.to.is_none() {
+            return Err(Failure(
+                "--slow-start ramps the backends that join: it needs --to".into(),
+            ));
+        }
+    }
+    let extension = a.plot.as_ref().map(|p| {
+        p.extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+    });
+    let png = match extension.as_ref().map(|e| e.as_deref()) {
         None | Some(Some("svg")) => false,
         Some(Some("png")) => true,
         Some(_) => {
@@ -585,6 +604,14 @@ fn simulate(path: &Path, a: SimulateArgs) -> Result<(), Failure> {
         }
         None => simulate::Workload::zipf(a.keys, a.zipf, a.requests, a.seed, before.seed)?,
     };
+    if workload.requests.len() as f64 / a.rate > simulate::MAX_SECONDS as f64 {
+        return Err(Failure(format!(
+            "{} requests at --rate {} last over {} simulated seconds; raise --rate",
+            workload.requests.len(),
+            a.rate,
+            simulate::MAX_SECONDS
+        )));
+    }
     // A cache larger than the keys holds them all.
     let cache = a
         .cache

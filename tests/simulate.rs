@@ -170,7 +170,10 @@ fn odd_inputs_are_refused_in_one_sentence() {
     let c = config.to_str().unwrap();
     let long_line = dir.path().join("long.txt");
     std::fs::write(&long_line, "k".repeat(100_000)).unwrap();
-    let cases: [(&[&str], i32); 7] = [
+    let cases: [(&[&str], i32); 10] = [
+        (&["simulate", "-c", c, "--to", c, "--rate", "1e-20"], 1),
+        (&["simulate", "-c", c, "--to", c, "--slow-start", "1ns"], 1),
+        (&["simulate", "-c", c, "--slow-start", "10s"], 1),
         (&["simulate", "-c", c, "--zipf", "inf"], 1),
         (&["simulate", "-c", c, "--zipf=-1"], 1),
         (

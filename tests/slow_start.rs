@@ -128,3 +128,64 @@ async fn a_recovering_backend_ramps_too() {
     }
     let _ = Arc::clone(&b1);
 }
+
+/// A whole pool recovering at once ramps alike: routing stays the
+/// configured pool's (never all on one backend, never an empty pool).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_pool_recovering_together_routes_as_configured() {
+    let proxy =
+        spawn_proxy(&text(&["b0", "b1", "b2", "b3"], "ring").replace("\"2s\"", "\"1h\"")).await;
+    let snap = proxy.router.load_full();
+    for b in snap.backends.iter() {
+        assert!(b.health.failure(1).is_some());
+    }
+    proxy.router.health_changed();
+    for b in snap.backends.iter() {
+        assert!(b.health.success(1).is_some());
+    }
+    proxy.router.health_changed();
+    // Give the slow-start task its turn, then look.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let live = proxy.router.load_full();
+    assert_eq!(
+        live.ring.fingerprint(),
+        live.full_fingerprint,
+        "ramping alike is no ramp"
+    );
+    for s in live.ring.shares() {
+        assert!(s > 0.15, "{:?}", live.ring.shares());
+    }
+}
+
+/// A finished ramp stays finished when a reload lengthens the window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_longer_window_does_not_ramp_a_finished_backend_again() {
+    let before = text(&["b0", "b1", "b2"], "ring").replace("\"2s\"", "\"1s\"");
+    let proxy = spawn_proxy(&before).await;
+    let after = config::from_toml_str(
+        &text(&["b0", "b1", "b2", "b3"], "ring").replace("\"2s\"", "\"1s\""),
+        "t",
+    )
+    .unwrap();
+    let old = proxy.router.load_full();
+    proxy
+        .router
+        .store(Snapshot::build(&after, Some(&old), &proxy.metrics).unwrap());
+    let started = Instant::now();
+    while proxy.router.load_full().ring.ramp(3) < 1.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the ramp never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let longer = config::from_toml_str(
+        &text(&["b0", "b1", "b2", "b3"], "ring").replace("\"2s\"", "\"1h\""),
+        "t",
+    )
+    .unwrap();
+    let live = proxy.router.load_full();
+    let snap = Snapshot::build(&longer, Some(&live), &proxy.metrics).unwrap();
+    assert_eq!(snap.ring.ramp(3), 1.0, "finished; stays finished");
+    assert_eq!(snap.ring.fingerprint(), snap.full_fingerprint);
+}

@@ -274,11 +274,14 @@ impl Reloader {
         }
         let routing_changed = snap.generation != old.generation;
         let moved = if routing_changed {
-            old.ring.moved_fraction(&snap.ring)
+            // The configured rings: what the change moves once any slow
+            // start is over (what `stickylb diff` says).
+            old.full_ring.moved_fraction(&snap.full_ring)
         } else {
             0.0
         };
         let line = summary(&old.ring, &snap.ring);
+        let snap_ramping = !Arc::ptr_eq(&snap.ring, &snap.full_ring);
         let generation = snap.generation;
         publish(&self.metrics, &snap, Some((&old, moved)));
         self.router.store(snap);
@@ -292,8 +295,12 @@ impl Reloader {
             }
         }
         if routing_changed {
+            let gradually = match config.routing.slow_start {
+                Some(w) if snap_ramping => format!(" (slow start: moving over {w:?})"),
+                _ => String::new(),
+            };
             tracing::info!(
-                "generation {generation}: {line}, {:.1}% of keyspace changed owner",
+                "generation {generation}: {line}, {:.1}% of keyspace changed owner{gradually}",
                 moved * 100.0
             );
         } else {

@@ -141,10 +141,15 @@ impl Ring {
     /// is rebuilt with the weights scaled (×100), which also moves keys
     /// between the other members while the ramp lasts. At 1 everywhere the
     /// ring is this one.
+    ///
+    /// Fractions are relative: they are scaled so the largest is 1 (see
+    /// `normalize_ramps`), so members ramping together route as the pool
+    /// does, and the ring is never empty.
     pub fn ramped(&self, ramps: &[f64]) -> Result<Ring, RingError> {
-        let ramps: Box<[f64]> = (0..self.members.len())
-            .map(|i| ramps.get(i).copied().unwrap_or(1.0).clamp(0.0, 1.0))
+        let mut ramps: Box<[f64]> = (0..self.members.len())
+            .map(|i| ramps.get(i).copied().unwrap_or(1.0))
             .collect();
+        normalize_ramps(&mut ramps);
         if ramps.iter().all(|&f| f >= 1.0) {
             return Ring::build(self.members.to_vec(), self.algorithm, self.seed);
         }
@@ -519,6 +524,20 @@ pub fn degrees(hash: u64) -> u16 {
 /// Hashes everything routing reads: the algorithm and its parameter, the
 /// seed, every member's name and weight (in name order), and which members
 /// are excluded. A pool without exclusions hashes as it always has.
+/// Scales slow-start fractions so the largest is 1 (each clamped to 0..1
+/// first): only their ratios route, so members ramping alike (a whole pool
+/// recovering at once) route as the configured pool, and one member always
+/// has its full weight. All at 0 counts as all at 1.
+pub fn normalize_ramps(ramps: &mut [f64]) {
+    for f in ramps.iter_mut() {
+        *f = if f.is_nan() { 1.0 } else { f.clamp(0.0, 1.0) };
+    }
+    let max = ramps.iter().copied().fold(0.0, f64::max);
+    for f in ramps.iter_mut() {
+        *f = if max > 0.0 { (*f / max).min(1.0) } else { 1.0 };
+    }
+}
+
 /// The table of `algorithm` over `members` with the `excluded` routed
 /// around and the `ramps` applied (see `Ring::ramped`).
 fn ramped_table(

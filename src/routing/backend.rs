@@ -115,7 +115,14 @@ impl Health {
     pub fn ramp(&self, now: u64, window: std::time::Duration, steps: u32) -> f64 {
         let start = self.ramp_start.load(Ordering::Relaxed);
         let window = window.as_millis() as u64;
-        if start == 0 || window == 0 || now >= start.saturating_add(window) {
+        if start == 0 || window == 0 {
+            return 1.0;
+        }
+        if now >= start.saturating_add(window) {
+            // Done: a longer window set later never ramps it again.
+            let _ =
+                self.ramp_start
+                    .compare_exchange(start, 0, Ordering::Relaxed, Ordering::Relaxed);
             return 1.0;
         }
         let done = (now.saturating_sub(start) as f64 / window as f64 * f64::from(steps)).floor();

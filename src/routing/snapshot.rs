@@ -22,7 +22,10 @@ pub struct Snapshot {
     /// The ring requests route by: the configured one, or during a slow
     /// start the same with the ramping backends at part of their weight.
     pub ring: Arc<Ring>,
-    /// The fingerprint of the configured ring (every backend at full weight).
+    /// The configured ring (every backend at full weight): where a slow
+    /// start ends, and what a config change is measured by.
+    pub full_ring: Arc<Ring>,
+    /// Its fingerprint.
     pub full_fingerprint: u64,
     /// `routing.slow_start`.
     pub slow_start: Option<std::time::Duration>,
@@ -142,11 +145,11 @@ impl Snapshot {
                 }
             }
         }
+        let full = Arc::new(full);
         let ring = match ramps(slow_start, &backends, crate::routing::backend::clock_ms()) {
-            Some(r) => full.ramped(&r).map_err(|e| e.to_string())?,
-            None => full,
+            Some(r) => Arc::new(full.ramped(&r).map_err(|e| e.to_string())?),
+            None => full.clone(),
         };
-        let ring = Arc::new(ring);
         let keys = KeySpec::new(
             &config.routing.key,
             config.routing.missing_key,
@@ -171,6 +174,7 @@ impl Snapshot {
         Ok(Snapshot {
             generation,
             ring,
+            full_ring: full,
             full_fingerprint,
             slow_start,
             backends: backends.into_boxed_slice(),
@@ -202,6 +206,7 @@ impl Snapshot {
         Snapshot {
             generation: self.generation,
             ring: Arc::new(ring),
+            full_ring: self.full_ring.clone(),
             full_fingerprint: self.full_fingerprint,
             slow_start: self.slow_start,
             backends: self.backends.clone(),
@@ -397,10 +402,11 @@ fn ramps(
     now: u64,
 ) -> Option<Vec<f64>> {
     let window = slow_start?;
-    let r: Vec<f64> = backends
+    let mut r: Vec<f64> = backends
         .iter()
         .map(|b| b.health.ramp(now, window, RAMP_STEPS))
         .collect();
+    crate::ring::normalize_ramps(&mut r);
     r.iter().any(|&f| f < 1.0).then_some(r)
 }
 

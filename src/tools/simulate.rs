@@ -23,6 +23,8 @@ use std::num::NonZeroUsize;
 pub const MAX_REQUESTS: u64 = 500_000_000;
 /// The most distinct keys of a synthetic workload (8 bytes each).
 pub const MAX_KEYS: u64 = 100_000_000;
+/// The most simulated seconds (`--requests` / `--rate`).
+pub const MAX_SECONDS: u64 = 10_000_000;
 /// The longest line of a replay file.
 pub const MAX_LINE: usize = 64 * 1024;
 
@@ -67,8 +69,8 @@ impl Workload {
         if !(s.is_finite() && s >= 0.0) {
             return Err(format!("--zipf must be a number of at least 0, not {s}"));
         }
-        if keys == 0 || keys > u64::from(u32::MAX) {
-            return Err(format!("--keys must be from 1 to {}", u32::MAX));
+        if keys == 0 || keys > MAX_KEYS {
+            return Err(format!("--keys must be from 1 to {MAX_KEYS}"));
         }
         let zipf = rand_distr::Zipf::new(keys as f64, s).map_err(|e| format!("--zipf {s}: {e}"))?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
