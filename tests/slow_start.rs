@@ -189,3 +189,61 @@ async fn a_longer_window_does_not_ramp_a_finished_backend_again() {
     assert_eq!(snap.ring.ramp(3), 1.0, "finished; stays finished");
     assert_eq!(snap.ring.fingerprint(), snap.full_fingerprint);
 }
+
+/// A backend that comes back while the whole pool is still early in a long
+/// ramp is behind the rest, and ramps from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_behind_a_pool_wide_ramp_stays_behind() {
+    let proxy =
+        spawn_proxy(&text(&["b0", "b1", "b2", "b3"], "ring").replace("\"2s\"", "\"1h\"")).await;
+    let snap = proxy.router.load_full();
+    for b in snap.backends.iter() {
+        assert!(b.health.failure(1).is_some());
+        assert!(b.health.success(1).is_some());
+    }
+    proxy.router.health_changed();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    // b1 goes down and comes back: the others have 30 ms of ramp, it none.
+    assert!(snap.backends[1].health.failure(1).is_some());
+    assert!(snap.backends[1].health.success(1).is_some());
+    proxy.router.health_changed();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let live = proxy.router.load_full();
+    assert!(
+        live.ring.ramp(1) < 0.5,
+        "b1 at {} with the rest",
+        live.ring.ramp(1)
+    );
+    assert!(live.ring.shares()[1] < 0.1, "{:?}", live.ring.shares());
+}
+
+/// A reload that changes the window carries a running ramp on from where it
+/// is, at the new pace: nothing jumps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_window_continues_a_running_ramp() {
+    let proxy = spawn_proxy(&text(&["b0", "b1", "b2"], "ring")).await;
+    let with = |window: &str| {
+        config::from_toml_str(
+            &text(&["b0", "b1", "b2", "b3"], "ring").replace("\"2s\"", window),
+            "t",
+        )
+        .unwrap()
+    };
+    let old = proxy.router.load_full();
+    proxy
+        .router
+        .store(Snapshot::build(&with("\"2s\""), Some(&old), &proxy.metrics).unwrap());
+    let started = Instant::now();
+    while proxy.router.load_full().ring.ramp(3) < 0.4 {
+        assert!(started.elapsed() < Duration::from_secs(10), "no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let live = proxy.router.load_full();
+    let reached = live.ring.ramp(3);
+    let longer = Snapshot::build(&with("\"1h\""), Some(&live), &proxy.metrics).unwrap();
+    let carried = longer.ring.ramp(3);
+    assert!(
+        (carried - reached).abs() <= 0.06,
+        "{reached} became {carried}"
+    );
+}

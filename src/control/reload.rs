@@ -281,7 +281,14 @@ impl Reloader {
             0.0
         };
         let line = summary(&old.ring, &snap.ring);
-        let snap_ramping = !Arc::ptr_eq(&snap.ring, &snap.full_ring);
+        // Whether a backend this change adds is ramping in (slow start).
+        let snap_ramping = snap.backends.iter().enumerate().any(|(i, b)| {
+            snap.ring.ramp(i) < 1.0
+                && !old
+                    .backends
+                    .iter()
+                    .any(|o| Arc::ptr_eq(&o.health, &b.health))
+        });
         let generation = snap.generation;
         publish(&self.metrics, &snap, Some((&old, moved)));
         self.router.store(snap);

@@ -45,11 +45,13 @@ pub struct Health {
     ramp_start: AtomicU64,
 }
 
-/// Milliseconds since the process's first call, monotonic; never 0.
+/// Monotonic milliseconds, never 0: the time since the process's first
+/// call plus 2^40 ms (about 35 years), so any instant up to the longest
+/// duration a setting takes (1 year) before now is still a positive value.
 pub fn clock_ms() -> u64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     let start = START.get_or_init(std::time::Instant::now);
-    start.elapsed().as_millis() as u64 + 1
+    start.elapsed().as_millis() as u64 + (1 << 40)
 }
 
 /// A health transition to report.
@@ -109,10 +111,10 @@ impl Health {
         self.ramp_start.store(clock_ms(), Ordering::Relaxed);
     }
 
-    /// The fraction of its weight the backend routes with at `now`
-    /// (`clock_ms`), under a slow start of `window`: from 0 to 1 in steps of
-    /// 1/`steps`; 1 when no ramp runs.
-    pub fn ramp(&self, now: u64, window: std::time::Duration, steps: u32) -> f64 {
+    /// The fraction of its weight the backend's slow start has reached at
+    /// `now` (`clock_ms`) under a window of `window`: 0 to 1; 1 when no ramp
+    /// runs. A finished ramp is cleared.
+    pub fn ramp(&self, now: u64, window: std::time::Duration) -> f64 {
         let start = self.ramp_start.load(Ordering::Relaxed);
         let window = window.as_millis() as u64;
         if start == 0 || window == 0 {
@@ -125,8 +127,30 @@ impl Health {
                     .compare_exchange(start, 0, Ordering::Relaxed, Ordering::Relaxed);
             return 1.0;
         }
-        let done = (now.saturating_sub(start) as f64 / window as f64 * f64::from(steps)).floor();
-        done / f64::from(steps)
+        now.saturating_sub(start) as f64 / window as f64
+    }
+
+    /// Carries a running ramp over a change of window (a reload): it goes
+    /// on from the fraction it has reached, at the new window's pace. With
+    /// slow start newly on, nothing was ramping; with it off, ramps end.
+    pub fn rescale_ramp(
+        &self,
+        now: u64,
+        old: Option<std::time::Duration>,
+        new: Option<std::time::Duration>,
+    ) {
+        match (old, new) {
+            (Some(old), Some(new)) if old != new => {
+                let f = self.ramp(now, old);
+                if f < 1.0 {
+                    let back = (f * new.as_millis() as f64) as u64;
+                    let start = now.saturating_sub(back).max(1);
+                    self.ramp_start.store(start, Ordering::Relaxed);
+                }
+            }
+            (None, Some(_)) | (Some(_), None) => self.ramp_start.store(0, Ordering::Relaxed),
+            _ => {}
+        }
     }
 }
 

@@ -137,10 +137,13 @@ impl Snapshot {
         let full = build_ring(config, members)?;
         let full_fingerprint = full.fingerprint();
         let slow_start = config.routing.slow_start;
-        if let (Some(p), Some(_)) = (previous, slow_start) {
-            // A backend new to the pool starts cold.
+        if let Some(p) = previous {
+            let now = crate::routing::backend::clock_ms();
             for b in &backends {
-                if !p.backends.iter().any(|o| Arc::ptr_eq(&o.health, &b.health)) {
+                if p.backends.iter().any(|o| Arc::ptr_eq(&o.health, &b.health)) {
+                    b.health.rescale_ramp(now, p.slow_start, slow_start);
+                } else if slow_start.is_some() {
+                    // A backend new to the pool starts cold.
                     b.health.start_ramp();
                 }
             }
@@ -404,9 +407,15 @@ fn ramps(
     let window = slow_start?;
     let mut r: Vec<f64> = backends
         .iter()
-        .map(|b| b.health.ramp(now, window, RAMP_STEPS))
+        .map(|b| b.health.ramp(now, window))
         .collect();
+    // Relative first (a backend behind the rest stays behind however early
+    // the others are), then in steps of 1/RAMP_STEPS.
     crate::ring::normalize_ramps(&mut r);
+    let steps = f64::from(RAMP_STEPS);
+    for f in &mut r {
+        *f = (*f * steps).floor() / steps;
+    }
     r.iter().any(|&f| f < 1.0).then_some(r)
 }
 
