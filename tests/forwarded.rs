@@ -31,6 +31,7 @@ async fn proxy(proxy_protocol: bool, routing: &str) -> (RecordingBackend, TestPr
     let how = Listening {
         transport: Transport::Plain,
         proxy_protocol,
+        workers: 1,
     };
     let proxy = start_proxy_listening(Arc::new(Router::new(snap)), metrics, how).await;
     (backend, proxy)

@@ -37,6 +37,9 @@ pub struct Listening {
     /// Each connection starts with a PROXY protocol header (read before
     /// TLS or HTTP); one without a valid header is closed.
     pub proxy_protocol: bool,
+    /// Workers sharing the listener's address (each with its own socket):
+    /// `max_connections` is split between them.
+    pub workers: usize,
 }
 
 /// What connections are told to do; a `watch` because every connection
@@ -71,6 +74,7 @@ pub async fn run_with(
     let how = Listening {
         transport,
         proxy_protocol: false,
+        workers: 1,
     };
     run_listener(listener, proxy, how, shutdown).await
 }
@@ -94,7 +98,12 @@ pub async fn run_listener(
     });
     // A semaphore: at `max_connections` the loop stops accepting (clients
     // wait in the kernel's accept queue) and existing connections go on.
-    let max = proxy.router().load().limits.max_connections;
+    let max = proxy
+        .router()
+        .load()
+        .limits
+        .max_connections
+        .div_ceil(how.workers.max(1));
     let slots = Arc::new(Semaphore::new(max));
     tokio::pin!(shutdown);
 

@@ -353,6 +353,7 @@ pub async fn start_proxy_with(
     let how = stickylb::http::server::Listening {
         transport,
         proxy_protocol: false,
+        workers: 1,
     };
     start_proxy_listening(router, metrics, how).await
 }
