@@ -394,7 +394,7 @@ fn serve(path: &Path, threads: Option<usize>, with_demo: bool) -> Result<(), Fai
                 let proxy_protocol = config.listen.proxy_protocol;
                 std::thread::Builder::new()
                     .name(format!("worker-{i}"))
-                    .spawn(move || worker(sockets, proxy, proxy_protocol, workers, stop_rx))
+                    .spawn(move || worker(sockets, proxy, proxy_protocol, (i, workers), stop_rx))
                     .map_err(|e| format!("cannot start worker thread {i}: {e}"))
             })
             .collect::<Result<_, _>>()?;
@@ -548,7 +548,7 @@ fn worker(
     sockets: Vec<(std::net::TcpListener, server::Transport)>,
     proxy: Arc<Proxy>,
     proxy_protocol: bool,
-    workers: usize,
+    (index, workers): (usize, usize),
     stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -563,6 +563,7 @@ fn worker(
                 transport,
                 proxy_protocol,
                 workers,
+                worker: index,
             };
             let stop = stopped(stop.clone());
             servers.push(tokio::spawn(server::run_listener(

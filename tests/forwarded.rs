@@ -32,6 +32,7 @@ async fn proxy(proxy_protocol: bool, routing: &str) -> (RecordingBackend, TestPr
         transport: Transport::Plain,
         proxy_protocol,
         workers: 1,
+        worker: 0,
     };
     let proxy = start_proxy_listening(Arc::new(Router::new(snap)), metrics, how).await;
     (backend, proxy)

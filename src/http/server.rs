@@ -37,9 +37,19 @@ pub struct Listening {
     /// Each connection starts with a PROXY protocol header (read before
     /// TLS or HTTP); one without a valid header is closed.
     pub proxy_protocol: bool,
-    /// Workers sharing the listener's address (each with its own socket):
-    /// `max_connections` is split between them.
+    /// Workers sharing the listener's address (each with its own socket),
+    /// and which of them this is: `max_connections` is split between them.
     pub workers: usize,
+    pub worker: usize,
+}
+
+impl Listening {
+    /// This worker's part of `max`: the parts add up to `max` exactly, and
+    /// each is at least 1.
+    pub fn share(&self, max: usize) -> usize {
+        let n = self.workers.max(1);
+        (max / n + usize::from(self.worker % n < max % n)).max(1)
+    }
 }
 
 /// What connections are told to do; a `watch` because every connection
@@ -75,6 +85,7 @@ pub async fn run_with(
         transport,
         proxy_protocol: false,
         workers: 1,
+        worker: 0,
     };
     run_listener(listener, proxy, how, shutdown).await
 }
@@ -98,12 +109,7 @@ pub async fn run_listener(
     });
     // A semaphore: at `max_connections` the loop stops accepting (clients
     // wait in the kernel's accept queue) and existing connections go on.
-    let max = proxy
-        .router()
-        .load()
-        .limits
-        .max_connections
-        .div_ceil(how.workers.max(1));
+    let max = how.share(proxy.router().load().limits.max_connections);
     let slots = Arc::new(Semaphore::new(max));
     tokio::pin!(shutdown);
 
@@ -413,7 +419,29 @@ impl Drop for OpenGuard {
 
 #[cfg(test)]
 mod tests {
-    use super::FdBudget;
+    use super::{FdBudget, Listening, Transport};
+
+    #[test]
+    fn workers_share_max_connections_exactly() {
+        let parts = |max: usize, workers: usize| -> Vec<usize> {
+            (0..workers)
+                .map(|worker| {
+                    let how = Listening {
+                        transport: Transport::Plain,
+                        proxy_protocol: false,
+                        workers,
+                        worker,
+                    };
+                    how.share(max)
+                })
+                .collect()
+        };
+        assert_eq!(parts(4, 3), [2, 1, 1]);
+        assert_eq!(parts(20_000, 2), [10_000, 10_000]);
+        assert_eq!(parts(7, 1), [7]);
+        // Never 0, even with more workers than connections.
+        assert_eq!(parts(1, 2), [1, 1]);
+    }
 
     #[test]
     fn max_connections_fit_the_open_files_limit() {

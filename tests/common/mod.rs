@@ -354,6 +354,7 @@ pub async fn start_proxy_with(
         transport,
         proxy_protocol: false,
         workers: 1,
+        worker: 0,
     };
     start_proxy_listening(router, metrics, how).await
 }
