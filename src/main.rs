@@ -301,6 +301,11 @@ fn diff(old: &Path, new: &Path, json: bool) -> Result<(), Failure> {
 
 fn serve(path: &Path, threads: Option<usize>, with_demo: bool) -> Result<(), Failure> {
     let metrics = Arc::new(Metrics::new());
+    let workers = threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    // One upstream pool per worker: set before any backend is made.
+    stickylb::http::upstream::set_workers(workers);
     let (config, mut snap) = reload::load_initial(path, &metrics)?;
     if let Some(open_files) = raise_open_files_limit() {
         let listeners = [config.listen.plain_listener(), config.listen.tls_listener()]
@@ -332,9 +337,6 @@ fn serve(path: &Path, threads: Option<usize>, with_demo: bool) -> Result<(), Fai
     // upstream task it wakes hand the thread back and forth while other
     // connections waited (a 90 ms tail at 512 connections). The admin
     // listener, health checks, reloads and slow start run on this thread.
-    let workers = threads.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-    });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -551,6 +553,7 @@ fn worker(
     (index, workers): (usize, usize),
     stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
+    stickylb::http::upstream::set_worker(index);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

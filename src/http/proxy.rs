@@ -548,9 +548,9 @@ impl Proxy {
         let mut fresh = false;
         loop {
             let conn = if fresh {
-                backend.pool.connect().await
+                backend.pool.local().connect().await
             } else {
-                backend.pool.acquire().await
+                backend.pool.local().acquire().await
             };
             let conn = match conn {
                 Ok(c) => c,
@@ -586,7 +586,7 @@ impl Proxy {
             let replay = (conn.reused() && !fresh)
                 .then(|| replayable(&req))
                 .flatten();
-            let failed = match x.send(conn, req, &backend.pool).await {
+            let failed = match x.send(conn, req, backend.pool.local()).await {
                 Ok(resp) => return Ok((resp, backend, in_flight)),
                 Err(failed) => failed,
             };

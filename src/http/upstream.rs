@@ -109,6 +109,62 @@ pub struct UpstreamOptions {
     pub max_connections: usize,
 }
 
+/// Worker threads (set once at start) and this thread's index among them.
+static WORKERS: AtomicUsize = AtomicUsize::new(1);
+thread_local! {
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Sets how many worker threads serve requests; call before any backend
+/// is made.
+pub fn set_workers(n: usize) {
+    WORKERS.store(n.max(1), Ordering::Relaxed);
+}
+
+/// Marks the calling thread as worker `i`.
+pub fn set_worker(i: usize) {
+    WORKER.with(|w| w.set(i));
+}
+
+/// A backend's connections: one pool per worker thread, all under the
+/// backend's one cap (`limits.max_backend_connections`). A connection is
+/// driven by the runtime of the worker that opened it, so a request only
+/// takes connections its own worker drives: reusing one never wakes
+/// another thread.
+pub struct Pools {
+    pools: Box<[Arc<Pool>]>,
+}
+
+impl Pools {
+    pub fn new(address: &str, options: UpstreamOptions) -> Self {
+        let slots = Arc::new(Semaphore::new(options.max_connections));
+        let n = WORKERS.load(Ordering::Relaxed).max(1);
+        Pools {
+            pools: (0..n)
+                .map(|_| Pool::with_slots(address, options, slots.clone()))
+                .collect(),
+        }
+    }
+
+    /// The calling worker's pool.
+    #[inline]
+    pub fn local(&self) -> &Arc<Pool> {
+        let i = WORKER.with(std::cell::Cell::get);
+        &self.pools[i % self.pools.len()]
+    }
+
+    /// Connections open now to the backend, pooled and in use, over all
+    /// workers (they share one cap).
+    pub fn open_count(&self) -> usize {
+        self.pools[0].open_count()
+    }
+
+    /// Idle connections in the pools now.
+    pub fn idle_count(&self) -> usize {
+        self.pools.iter().map(|p| p.idle_count()).sum()
+    }
+}
+
 pub struct Pool {
     /// `host:port` to connect to.
     address: Box<str>,
@@ -153,12 +209,19 @@ pub struct Conn {
 
 impl Pool {
     pub fn new(address: &str, options: UpstreamOptions) -> Arc<Self> {
+        let slots = Arc::new(Semaphore::new(options.max_connections));
+        Self::with_slots(address, options, slots)
+    }
+
+    /// A pool whose connections count under `slots` (shared with other
+    /// pools to the same backend).
+    fn with_slots(address: &str, options: UpstreamOptions, slots: Arc<Semaphore>) -> Arc<Self> {
         Arc::new(Pool {
             address: address.into(),
             connect_timeout: options.connect_timeout,
             idle_timeout: options.pool_idle,
             idle: Mutex::new(IdleList::default()),
-            slots: Arc::new(Semaphore::new(options.max_connections)),
+            slots,
             max_connections: options.max_connections,
             waiters: AtomicUsize::new(0),
             returned: Notify::new(),

@@ -4,7 +4,7 @@
 //! backend removed from the pool keeps serving its in-flight requests; its
 //! pool closes when the last one ends.
 
-use crate::http::upstream::{Pool, UpstreamOptions};
+use crate::http::upstream::{Pools, UpstreamOptions};
 use crate::observe::metrics::BackendMetrics;
 use http::uri::Authority;
 use http::HeaderValue;
@@ -27,7 +27,7 @@ pub struct Backend {
     /// address, so a reload keeps what the checks learned.
     pub health: Arc<Health>,
     /// This backend's connections; dropped with the backend.
-    pub pool: Arc<Pool>,
+    pub pool: Pools,
     /// Requests in progress: an atomic so bounded loads can reserve a place
     /// with one compare-and-swap (the gauge mirrors it).
     in_flight: AtomicI64,
@@ -188,7 +188,7 @@ impl Backend {
             metrics,
             upstream,
             health,
-            pool: Pool::new(address, upstream),
+            pool: Pools::new(address, upstream),
             in_flight: AtomicI64::new(0),
         })
     }
