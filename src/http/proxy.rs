@@ -419,10 +419,7 @@ impl Proxy {
     pub fn proxy_header_refused(&self, peer: SocketAddr, why: &str) {
         self.metrics.proxy_protocol_refused.inc();
         static LAST: AtomicU64 = AtomicU64::new(0);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        if LAST.swap(now, Ordering::Relaxed) != now {
+        if first_this_second(&LAST) {
             tracing::warn!(%peer, "closing connection: {why} (listen.proxy_protocol is on)");
         }
     }
@@ -664,10 +661,7 @@ impl Proxy {
 /// it, since under such a shortage every request would.
 fn local_shortage(backend: &Backend, e: &std::io::Error) {
     static LAST: AtomicU64 = AtomicU64::new(0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    if LAST.swap(now, Ordering::Relaxed) != now {
+    if first_this_second(&LAST) {
         tracing::warn!(
             backend = &*backend.name,
             "cannot open a backend connection: {e}; this is the proxy's own limit (raise the open files limit or lower limits.max_connections), not the backend's fault"
@@ -922,10 +916,17 @@ fn once_a_second(e: ProxyError) -> bool {
         504 => 2,
         _ => 3,
     } + if e.upstream_kind().is_some() { 4 } else { 0 };
+    first_this_second(&LAST[slot % KINDS])
+}
+
+/// Whether this is the first call this second (wall clock) for `last`,
+/// which holds the second of the previous one: the one rate limit every
+/// repeated warning here goes through.
+fn first_this_second(last: &AtomicU64) -> bool {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    LAST[slot % KINDS].swap(now, Ordering::Relaxed) != now
+    last.swap(now, Ordering::Relaxed) != now
 }
 
 /// Says `Connection: close` on an HTTP/1 answer after which the

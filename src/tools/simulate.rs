@@ -13,6 +13,7 @@
 //! many of the last `IN_FLIGHT` requests it took.
 
 use crate::ring::{Algorithm, Member, Ring};
+use crate::routing::snapshot::RAMP_STEPS;
 use lru::LruCache;
 use rand::{Rng, SeedableRng};
 use std::collections::{HashMap, VecDeque};
@@ -174,7 +175,7 @@ pub struct Outcome {
 
 /// Time in the simulation: requests arrive at `rate` a second; with
 /// `slow_start`, backends that join at the pool change ramp up over it
-/// exactly as `routing.slow_start` ramps them (100 steps).
+/// exactly as `routing.slow_start` ramps them (`RAMP_STEPS` steps).
 #[derive(Debug, Clone, Copy)]
 pub struct Ramp {
     pub rate: f64,
@@ -359,18 +360,19 @@ pub fn run(
                 }
             }
         }
-        // Slow start: the ring of this step (rebuilt at most 100 times).
+        // Slow start: the ring of this step, in the router's own steps.
         if let (Some(step), Some(window)) = (ramp_step, time.slow_start) {
             let t = (i - change_at) as f64 / time.rate;
-            let wanted = ((t / window.as_secs_f64()) * 100.0).floor().min(100.0) as u32;
-            if wanted >= 100 {
+            let steps = f64::from(RAMP_STEPS);
+            let wanted = ((t / window.as_secs_f64()) * steps).floor().min(steps) as u32;
+            if wanted >= RAMP_STEPS {
                 ramp_step = None;
                 ramped = None;
             } else if ramped.is_none() || wanted != step {
                 let full = now.ring.as_ref().ok_or("slow start needs a ring")?;
                 let mut ramps = vec![1.0; full.members().len()];
                 for &j in &joining {
-                    ramps[j] = f64::from(wanted) / 100.0;
+                    ramps[j] = f64::from(wanted) / f64::from(RAMP_STEPS);
                 }
                 ramped = Some(full.ramped(&ramps).map_err(|e| e.to_string())?);
                 ramp_step = Some(wanted);
