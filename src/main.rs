@@ -333,9 +333,9 @@ fn serve(path: &Path, threads: Option<usize>, with_demo: bool) -> Result<(), Fai
     // Workers, NGINX-style: each a thread with a current-thread runtime and
     // its own listening socket (SO_REUSEPORT: the kernel spreads the
     // connections). A current-thread runtime serves its run queue in order;
-    // the multi-thread scheduler's LIFO slot let a client task and the
-    // upstream task it wakes hand the thread back and forth while other
-    // connections waited (a 90 ms tail at 512 connections). The admin
+    // the multi-thread scheduler's LIFO slot let a task that woke another
+    // hand the thread back and forth with it while other connections
+    // waited (a 90 ms tail at 512 connections). The admin
     // listener, health checks, reloads and slow start run on this thread.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

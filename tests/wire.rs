@@ -397,6 +397,36 @@ async fn posts_reach_the_backend_at_most_once(answer: Answer) {
 }
 
 #[tokio::test]
+async fn a_close_the_backend_sent_while_idle_is_read_before_reuse_rfc9112_9_3_1() {
+    // The backend closes each connection after its response, unannounced.
+    // Once its close has arrived, the pooled connection must be seen as
+    // closed when taken: a POST with a body (never resent) then goes on a
+    // fresh connection and is answered, every time.
+    let (backend, proxy) = behind_proxy(Arc::new(close_silently), "").await;
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    let mut buf = Vec::new();
+    for i in 0..50 {
+        let body = format!("order={i}");
+        let req = format!(
+            "POST /orders HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.expect("write");
+        let r = read_response(&mut s, &mut buf, false).await;
+        assert_eq!(r.status_line(), "HTTP/1.1 200 OK", "request {i}: {r:?}");
+        backend.wait_open_at_most(0, Duration::from_secs(5)).await;
+    }
+    let seen = backend.requests();
+    assert_eq!(seen.len(), 50, "each POST reached the backend once");
+    assert!(
+        seen.iter().all(|r| r.index == 0),
+        "a closed connection was reused"
+    );
+    let m = proxy.metrics_text().await;
+    assert_eq!(upstream_errors(&m, "protocol"), 0.0);
+}
+
+#[tokio::test]
 async fn idle_pooled_connections_close_after_upstream_idle() {
     let (backend, proxy) =
         behind_proxy(Arc::new(ok), "[timeouts]\nupstream_idle = \"300ms\"").await;

@@ -41,9 +41,10 @@ pub enum BodyFault {
     Stalled,
 }
 
-/// Progress of a client body, shared between the body (inside the
-/// upstream connection's task) and the request that waits for the
-/// response; atomics, since those two may run on different workers.
+/// Progress of a client body, shared between the body (read by the
+/// upstream connection's I/O) and the request that waits for the
+/// response; atomics, since a body the backend answered early finishes in
+/// a task of its own.
 #[derive(Debug, Default)]
 pub struct BodyProgress {
     state: AtomicU8,

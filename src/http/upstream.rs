@@ -6,6 +6,13 @@
 //! `timeouts.upstream_idle`, or sooner when the backend's `Keep-Alive:
 //! timeout` says it will close it itself.
 //!
+//! A connection has no task of its own: its I/O (hyper's client-side
+//! dispatcher) is polled by the task that is using it, the client
+//! connection's, alongside the response it waits for and then the body it
+//! streams. A request thus costs no wake-up of another task and no
+//! channel hop back. An idle connection is polled once when it is taken
+//! from the pool, which reads a close the backend sent meanwhile.
+//!
 //! A reused connection may have been closed by the backend just as the
 //! request went out (the keep-alive race, RFC 9112 §9.3.1). Each
 //! connection counts the bytes it reads, so a failure can be told to have
@@ -20,6 +27,7 @@ use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -33,6 +41,9 @@ use tokio::time::Instant;
 const MAX_IDLE: usize = 1024;
 
 type Sender = http1::SendRequest<RequestBody>;
+/// A connection's I/O: hyper's client-side dispatcher with upgrades (a type
+/// hyper does not name), boxed once per connection.
+type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
 
 /// Why no connection could be had; the request was not sent.
 #[derive(Debug)]
@@ -127,10 +138,10 @@ pub fn set_worker(i: usize) {
 }
 
 /// A backend's connections: one pool per worker thread, all under the
-/// backend's one cap (`limits.max_backend_connections`). A connection is
-/// driven by the runtime of the worker that opened it, so a request only
-/// takes connections its own worker drives: reusing one never wakes
-/// another thread.
+/// backend's one cap (`limits.max_backend_connections`). A socket's
+/// readiness is reported by the runtime of the worker that opened it, so a
+/// request only takes connections its own worker opened: reusing one never
+/// wakes another thread.
 pub struct Pools {
     pools: Box<[Arc<Pool>]>,
 }
@@ -167,7 +178,7 @@ impl Pools {
 
 pub struct Pool {
     /// `host:port` to connect to.
-    address: Box<str>,
+    address: Arc<str>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     /// Idle connections, most recently used last. A mutex held for a push
@@ -192,17 +203,77 @@ struct IdleList {
 }
 
 struct Idle {
-    tx: Sender,
-    bytes_read: Arc<AtomicU64>,
+    link: Link,
     /// Closed at this instant if not used before.
     expires: Instant,
 }
 
-/// A connection checked out of the pool, on its way to carry one request.
-pub struct Conn {
+/// One connection to a backend: the handle requests go in by and the
+/// future that does its I/O, polled by whichever task uses the connection.
+struct Link {
     tx: Sender,
+    /// `None` once the connection has ended (closed, failed or upgraded);
+    /// dropping it closes the socket and fails a request still waiting.
+    driver: Option<Driver>,
     /// Bytes read on this connection so far (counted by its `BytesRead`).
     bytes_read: Arc<AtomicU64>,
+    address: Arc<str>,
+}
+
+impl Link {
+    /// Polls the connection's I/O (writes what is queued, reads what has
+    /// arrived); whether the connection has ended.
+    fn poll_io(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(driver) = &mut self.driver else {
+            return true;
+        };
+        match driver.as_mut().poll(cx) {
+            Poll::Pending => false,
+            Poll::Ready(res) => {
+                if let Err(e) = res {
+                    tracing::debug!(address = &*self.address, "upstream connection: {e}");
+                }
+                self.driver = None;
+                true
+            }
+        }
+    }
+
+    /// Drives the connection until it is ready for a request: `false` if
+    /// it ended instead.
+    async fn ready(&mut self) -> bool {
+        std::future::poll_fn(|cx| {
+            if self.poll_io(cx) {
+                return Poll::Ready(false);
+            }
+            self.tx.poll_ready(cx).map(|r| r.is_ok())
+        })
+        .await
+    }
+
+    /// Drives the connection to its end, in a task of its own: for an
+    /// upgrade (the tunnel takes the socket over when the `101` has been
+    /// read), or to finish a request body the backend answered early.
+    fn spawn_to_end(mut self) {
+        if self.driver.is_none() {
+            return;
+        }
+        tokio::spawn(async move {
+            std::future::poll_fn(|cx| {
+                if self.poll_io(cx) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await
+        });
+    }
+}
+
+/// A connection checked out of the pool, on its way to carry one request.
+pub struct Conn {
+    link: Link,
     /// Whether it carried a request before.
     reused: bool,
 }
@@ -295,24 +366,17 @@ impl Pool {
     /// The most recently used idle connection that is still usable.
     async fn take_idle(&self) -> Option<Conn> {
         loop {
-            let Idle {
-                mut tx,
-                bytes_read,
-                expires,
-            } = self.lock().conns.pop()?;
-            // Closed by the backend (its connection task saw the end) or
-            // past its time: dropped here, which closes it.
-            if tx.is_closed() || expires <= Instant::now() {
+            let Idle { mut link, expires } = self.lock().conns.pop()?;
+            // Past its time: dropped here, which closes it.
+            if link.tx.is_closed() || expires <= Instant::now() {
                 continue;
             }
-            // Usually ready at once; a connection whose response just ended
-            // may need the dispatcher to catch up.
-            if tx.ready().await.is_ok() {
-                return Some(Conn {
-                    tx,
-                    bytes_read,
-                    reused: true,
-                });
+            // Usually ready at once: it went back to the pool only once
+            // ready. A close the backend sent while it sat idle is read by
+            // the first poll of its I/O, before the request is written, and
+            // the request comes back unsent.
+            if link.tx.is_ready() || link.ready().await {
+                return Some(Conn { link, reused: true });
             }
         }
     }
@@ -345,22 +409,27 @@ impl Pool {
             .handshake(TokioIo::new(io))
             .await
             .map_err(ConnectError::Handshake)?;
-        let address = self.address.clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(address = &*address, "upstream connection: {e}");
-            }
-        });
         Ok(Conn {
-            tx,
-            bytes_read,
+            link: Link {
+                tx,
+                driver: Some(Box::pin(conn.with_upgrades())),
+                bytes_read,
+                address: self.address.clone(),
+            },
             reused: false,
         })
     }
 
-    /// Puts a connection back, to be closed after `idle_for` unless used.
-    fn release(self: &Arc<Self>, tx: Sender, bytes_read: Arc<AtomicU64>, idle_for: Duration) {
-        if tx.is_closed() || idle_for.is_zero() {
+    /// Puts a connection whose response has ended back, to be closed after
+    /// `idle_for` unless used. One still sending its request body (the
+    /// backend answered before reading it all) finishes in a task of its
+    /// own and is not reused.
+    fn release(self: &Arc<Self>, link: Link, idle_for: Duration) {
+        if link.driver.is_none() || link.tx.is_closed() || idle_for.is_zero() {
+            return;
+        }
+        if !link.tx.is_ready() {
+            link.spawn_to_end();
             return;
         }
         let expires = Instant::now() + idle_for;
@@ -368,11 +437,7 @@ impl Pool {
         if idle.conns.len() >= MAX_IDLE {
             return;
         }
-        idle.conns.push(Idle {
-            tx,
-            bytes_read,
-            expires,
-        });
+        idle.conns.push(Idle { link, expires });
         if self.waiters.load(Ordering::SeqCst) > 0 {
             self.returned.notify_one();
         }
@@ -387,7 +452,8 @@ impl Pool {
     fn sweep_expired(&self) -> Option<Instant> {
         let now = Instant::now();
         let mut idle = self.lock();
-        idle.conns.retain(|c| c.expires > now && !c.tx.is_closed());
+        idle.conns
+            .retain(|c| c.expires > now && !c.link.tx.is_closed());
         let next = idle.conns.iter().map(|c| c.expires).min();
         if next.is_none() {
             idle.sweeping = false;
@@ -416,39 +482,60 @@ impl Conn {
         self.reused
     }
 
-    /// Sends the request; the response body, once read to its end, returns
-    /// the connection to `pool`.
+    /// Sends the request, driving the connection's I/O in the calling task
+    /// until the response head is in; the response body, once read to its
+    /// end, returns the connection to `pool`.
     pub async fn send(
-        mut self,
+        self,
         req: Request<RequestBody>,
         pool: &Arc<Pool>,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        let read_before = self.bytes_read.load(Ordering::Relaxed);
-        match self.tx.try_send_request(req).await {
+        let Conn { mut link, reused } = self;
+        let read_before = link.bytes_read.load(Ordering::Relaxed);
+        let sending = link.tx.try_send_request(req);
+        tokio::pin!(sending);
+        // The I/O first: it writes the request and reads the answer, which
+        // the response future then finds without another wake-up.
+        let res = std::future::poll_fn(|cx| {
+            link.poll_io(cx);
+            sending.as_mut().poll(cx)
+        })
+        .await;
+        match res {
             Ok(resp) => {
                 let (parts, body) = resp.into_parts();
+                if parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                    // The tunnel takes the socket over once the dispatcher
+                    // has read the `101` to its end.
+                    link.spawn_to_end();
+                    let body = UpstreamBody {
+                        inner: body,
+                        link: None,
+                    };
+                    return Ok(Response::from_parts(parts, body));
+                }
                 let idle_for = if keeps_alive(&parts) {
                     pool.idle_for(&parts.headers)
                 } else {
                     Duration::ZERO
                 };
-                // An empty body may never be polled: hand the connection back now.
-                let release = if idle_for.is_zero() {
-                    None
-                } else if body.is_end_stream() {
-                    pool.release(self.tx, self.bytes_read, idle_for);
-                    None
-                } else {
-                    Some(Release {
-                        tx: self.tx,
-                        bytes_read: self.bytes_read,
-                        pool: pool.clone(),
-                        idle_for,
-                    })
-                };
+                if body.is_end_stream() && !idle_for.is_zero() {
+                    // An empty body may never be polled: hand the
+                    // connection back now.
+                    pool.release(link, idle_for);
+                    let body = UpstreamBody {
+                        inner: body,
+                        link: None,
+                    };
+                    return Ok(Response::from_parts(parts, body));
+                }
                 let body = UpstreamBody {
                     inner: body,
-                    release,
+                    link: Some(Box::new(Streaming {
+                        link,
+                        pool: pool.clone(),
+                        idle_for,
+                    })),
                 };
                 Ok(Response::from_parts(parts, body))
             }
@@ -456,8 +543,8 @@ impl Conn {
                 Some(req) => Err(SendError::NotSent(Box::new(req))),
                 None => Err(SendError::Failed {
                     error: e.into_error(),
-                    unanswered_reuse: self.reused
-                        && self.bytes_read.load(Ordering::Relaxed) == read_before,
+                    unanswered_reuse: reused
+                        && link.bytes_read.load(Ordering::Relaxed) == read_before,
                 }),
             },
         }
@@ -495,20 +582,24 @@ fn keeps_alive(parts: &http::response::Parts) -> bool {
     }
 }
 
-/// What an unfinished response body needs to hand its connection back.
-struct Release {
-    tx: Sender,
-    bytes_read: Arc<AtomicU64>,
+/// The connection under a response body being streamed, and what it
+/// takes to hand it back at the body's end.
+struct Streaming {
+    link: Link,
     pool: Arc<Pool>,
+    /// Zero when the connection is not to be reused.
     idle_for: Duration,
 }
 
-/// A backend's response body, streamed; hands the connection back to its
-/// pool at the end of the stream. Dropped early, the connection is dropped
-/// with it (its response was not read to the end).
+/// A backend's response body, streamed. Polling it also drives its
+/// connection's I/O; at the end of the stream the connection goes back to
+/// its pool. Dropped early, the connection is closed with it (its response
+/// was not read to the end).
 pub struct UpstreamBody {
     inner: Incoming,
-    release: Option<Release>,
+    /// `None` when the connection went back before the body (an empty
+    /// one) or was handed to a tunnel.
+    link: Option<Box<Streaming>>,
 }
 
 impl Body for UpstreamBody {
@@ -519,7 +610,14 @@ impl Body for UpstreamBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let res = Pin::new(&mut self.inner).poll_frame(cx);
+        // What has been read already is taken without a poll of the I/O.
+        let mut res = Pin::new(&mut self.inner).poll_frame(cx);
+        if res.is_pending() {
+            if let Some(s) = &mut self.link {
+                s.link.poll_io(cx);
+                res = Pin::new(&mut self.inner).poll_frame(cx);
+            }
+        }
         // Readers stop at the last frame of a sized body without asking for
         // the end: release as soon as the body is known to be complete.
         let done = match &res {
@@ -528,8 +626,12 @@ impl Body for UpstreamBody {
             _ => false,
         };
         if done {
-            if let Some(r) = self.release.take() {
-                r.pool.release(r.tx, r.bytes_read, r.idle_for);
+            if let Some(mut s) = self.link.take() {
+                if !s.link.tx.is_ready() {
+                    // Lets the dispatcher see the end too and turn ready.
+                    s.link.poll_io(cx);
+                }
+                s.pool.release(s.link, s.idle_for);
             }
         }
         res
