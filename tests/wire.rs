@@ -426,6 +426,110 @@ async fn a_close_the_backend_sent_while_idle_is_read_before_reuse_rfc9112_9_3_1(
     assert_eq!(upstream_errors(&m, "protocol"), 0.0);
 }
 
+/// A backend that answers as soon as it has a request head, before
+/// reading the body: `200 ok` to a request without one, `413` to one with a
+/// `Content-Length` body, which it then reads and drops, keeping the
+/// connection for the next request (RFC 9112 §9.3 lets a server answer
+/// early; the connection stays usable once the body is through).
+async fn early_answer_backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 16384];
+                loop {
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    let answer: &[u8] = if length == 0 {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
+                    } else {
+                        b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n"
+                    };
+                    if s.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    buf.drain(..end);
+                    while buf.len() < length {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..length);
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn an_early_answer_frees_the_connection_once_the_body_is_through_rfc9112_9_3() {
+    // One connection allowed to the backend: if an upload the backend
+    // answered early kept it, the next request would find none (503).
+    let (addr, task) = early_answer_backend().await;
+    let config = config_for(
+        &[("early", addr)],
+        "key = [\"header:x-client-id\"]",
+        "[limits]\nmax_backend_connections = 1\n[timeouts]\nconnect = \"2s\"",
+    );
+    let proxy = spawn_proxy(&config).await;
+    let body = vec![b'x'; 200_000];
+    for i in 0..5 {
+        let r = exchange(
+            proxy.addr,
+            "GET /a HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\n\r\n",
+        )
+        .await;
+        assert_eq!(r.status_line(), "HTTP/1.1 200 OK", "GET {i}: {r:?}");
+        let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+        let head = format!(
+            "POST /upload HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await.expect("write");
+        s.write_all(&body[..1000]).await.expect("write body");
+        // The answer comes while the body is still on its way.
+        let r = read_response(&mut s, &mut Vec::new(), false).await;
+        assert_eq!(
+            r.status_line(),
+            "HTTP/1.1 413 Content Too Large",
+            "POST {i}: {r:?}"
+        );
+        s.write_all(&body[1000..]).await.expect("write body");
+    }
+    let r = exchange(
+        proxy.addr,
+        "GET /b HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status_line(), "HTTP/1.1 200 OK", "{r:?}");
+    let m = proxy.metrics_text().await;
+    assert_eq!(
+        metric(&m, "stickylb_proxy_responses_total{cause=\"backend_busy\"}").unwrap_or(0.0),
+        0.0
+    );
+    task.abort();
+}
+
 #[tokio::test]
 async fn idle_pooled_connections_close_after_upstream_idle() {
     let (backend, proxy) =

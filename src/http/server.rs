@@ -316,7 +316,9 @@ impl Connection {
                 let proxy = proxy.clone();
                 let state = state.clone();
                 state.request_arrived();
-                async move { Ok::<_, Infallible>(proxy.handle(req, info, &state).await) }
+                // Boxed: hyper keeps a slot the size of this future for
+                // each connection, idle or not.
+                Box::pin(async move { Ok::<_, Infallible>(proxy.handle(req, info, &state).await) })
             })
         };
         let conn = builder.serve_connection_with_upgrades(io, service);

@@ -252,8 +252,8 @@ impl Link {
     }
 
     /// Drives the connection to its end, in a task of its own: for an
-    /// upgrade (the tunnel takes the socket over when the `101` has been
-    /// read), or to finish a request body the backend answered early.
+    /// upgrade, whose tunnel takes the socket over once the `101` has been
+    /// read (the dispatcher then ends).
     fn spawn_to_end(mut self) {
         if self.driver.is_none() {
             return;
@@ -422,14 +422,19 @@ impl Pool {
 
     /// Puts a connection whose response has ended back, to be closed after
     /// `idle_for` unless used. One still sending its request body (the
-    /// backend answered before reading it all) finishes in a task of its
-    /// own and is not reused.
-    fn release(self: &Arc<Self>, link: Link, idle_for: Duration) {
+    /// backend answered before reading it all) finishes sending it in a
+    /// task of its own, and comes back once ready for another request.
+    fn release(self: &Arc<Self>, mut link: Link, idle_for: Duration) {
         if link.driver.is_none() || link.tx.is_closed() || idle_for.is_zero() {
             return;
         }
         if !link.tx.is_ready() {
-            link.spawn_to_end();
+            let pool = self.clone();
+            tokio::spawn(async move {
+                if link.ready().await {
+                    pool.release(link, idle_for);
+                }
+            });
             return;
         }
         let expires = Instant::now() + idle_for;
