@@ -101,8 +101,13 @@ struct Tally {
     /// Requests that failed: no answer in time, a closed connection, a
     /// non-2xx status, a malformed response.
     request_errors: u64,
+    /// The failures by kind, in `FAILURES` order.
+    failures: [u64; FAILURES.len()],
     hist: Vec<u64>,
 }
+
+/// Kinds of failed requests.
+const FAILURES: [&str; 4] = ["timeout", "closed", "status", "framing"];
 
 impl Tally {
     fn to_line(&self) -> String {
@@ -113,12 +118,18 @@ impl Tally {
             .filter(|(_, n)| **n > 0)
             .map(|(b, n)| format!("{b}:{n}"))
             .collect();
+        let failures: Vec<String> = FAILURES
+            .iter()
+            .zip(self.failures)
+            .map(|(k, n)| format!("{k}={n}"))
+            .collect();
         format!(
-            "done opened={} connect_errors={} requests={} request_errors={} hist={}",
+            "done opened={} connect_errors={} requests={} request_errors={} {} hist={}",
             self.opened,
             self.connect_errors,
             self.requests,
             self.request_errors,
+            failures.join(" "),
             hist.join(",")
         )
     }
@@ -134,6 +145,11 @@ impl Tally {
                 "connect_errors" => self.connect_errors += n(),
                 "requests" => self.requests += n(),
                 "request_errors" => self.request_errors += n(),
+                kind if FAILURES.contains(&kind) => {
+                    if let Some(i) = FAILURES.iter().position(|f| *f == kind) {
+                        self.failures[i] += n();
+                    }
+                }
                 "hist" => {
                     for pair in v.split(',').filter(|p| !p.is_empty()) {
                         if let Some((b, c)) = pair.split_once(':') {
@@ -289,6 +305,15 @@ fn run_parent(args: &Args) -> i32 {
         ms(total.percentile(0.999)),
         ms(total.percentile(1.0)),
     );
+    if total.request_errors > 0 {
+        let kinds: Vec<String> = FAILURES
+            .iter()
+            .zip(total.failures)
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect();
+        println!("failed requests: {}", kinds.join(", "));
+    }
     let errors = open_errors + total.connect_errors + total.request_errors;
     println!(
         "c50k: connections={opened} errors={errors} requests_per_s={:.0} p99_ms={:.2}",
@@ -306,6 +331,7 @@ struct Shared {
     connect_errors: AtomicU64,
     requests: AtomicU64,
     request_errors: AtomicU64,
+    failures: [AtomicU64; FAILURES.len()],
     hist: Mutex<Vec<u64>>,
 }
 
@@ -368,6 +394,7 @@ fn run_part(args: &Args, target: SocketAddr, part: &str) -> i32 {
         connect_errors: shared.connect_errors.load(Ordering::Relaxed),
         requests: shared.requests.load(Ordering::Relaxed),
         request_errors: shared.request_errors.load(Ordering::Relaxed),
+        failures: std::array::from_fn(|i| shared.failures[i].load(Ordering::Relaxed)),
         hist,
     };
     println!("{}", tally.to_line());
@@ -384,12 +411,38 @@ fn source(id: usize, per_source: usize) -> SocketAddr {
 
 async fn open(id: usize, target: SocketAddr, args: &Args) -> std::io::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
+    // The port is picked at connect, unique per (source, destination): a
+    // source port left in TIME_WAIT by an earlier run to another
+    // destination stays usable.
+    no_port_at_bind(&socket)?;
     socket.bind(source(id, args.per_source))?;
     let stream = tokio::time::timeout(args.timeout, socket.connect(target))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+/// Sets `IP_BIND_ADDRESS_NO_PORT` (Linux 4.2): `bind` takes the address
+/// only, and `connect` picks the port.
+fn no_port_at_bind(socket: &TcpSocket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor and a c_int option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// One client connection: open, one request, wait for "go", then a
@@ -406,8 +459,8 @@ async fn connection(
     let mut buf = Vec::with_capacity(512);
     let first = match open(id, target, args).await {
         Ok(mut s) => match exchange(&mut s, request.as_bytes(), &mut buf, args.timeout).await {
-            Ok(_) => Some(s),
-            Err(_) => None,
+            Ok(Answer::Ok) => Some(s),
+            _ => None,
         },
         Err(_) => None,
     };
@@ -444,12 +497,26 @@ async fn connection(
         let ok = exchange(s, request.as_bytes(), &mut buf, args.timeout).await;
         shared.requests.fetch_add(1, Ordering::Relaxed);
         match ok {
-            Ok(true) => {
+            Ok(Answer::Ok) => {
                 if let Ok(mut h) = shared.hist.lock() {
                     h[bucket(sent.elapsed())] += 1;
                 }
             }
-            Ok(false) | Err(_) => {
+            failed => {
+                let kind = match failed {
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => 0,
+                    Err(_) | Ok(Answer::Closed) => 1,
+                    Ok(Answer::Status(code)) => {
+                        if shared.failures[2].fetch_add(1, Ordering::Relaxed) == 0 {
+                            eprintln!("c50k: first failed status: {code}");
+                        }
+                        usize::MAX
+                    }
+                    Ok(_) => 3,
+                };
+                if kind < FAILURES.len() {
+                    shared.failures[kind].fetch_add(1, Ordering::Relaxed);
+                }
                 shared.request_errors.fetch_add(1, Ordering::Relaxed);
                 stream = None;
             }
@@ -457,14 +524,25 @@ async fn connection(
     }
 }
 
-/// Sends `request` and reads one response (framed by `Content-Length`):
-/// whether it was `2xx` on a connection that stays open.
+/// How a response ended.
+enum Answer {
+    /// `2xx`, and the connection stays open.
+    Ok,
+    /// The connection closed before or after the answer.
+    Closed,
+    /// Another status (the first line's code).
+    Status(u16),
+    /// No `Content-Length`, or an unreadable head.
+    Framing,
+}
+
+/// Sends `request` and reads one response (framed by `Content-Length`).
 async fn exchange(
     s: &mut TcpStream,
     request: &[u8],
     buf: &mut Vec<u8>,
     limit: Duration,
-) -> std::io::Result<bool> {
+) -> std::io::Result<Answer> {
     tokio::time::timeout(limit, async {
         s.write_all(request).await?;
         buf.clear();
@@ -472,27 +550,39 @@ async fn exchange(
         loop {
             if let Some(end) = find(buf, b"\r\n\r\n") {
                 let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                let ok = head.starts_with("http/1.1 2");
+                let status = head
+                    .strip_prefix("http/1.1 ")
+                    .and_then(|r| r.get(..3))
+                    .and_then(|c| c.parse::<u16>().ok());
+                let Some(status) = status else {
+                    return Ok(Answer::Framing);
+                };
                 let closes = head.contains("\r\nconnection: close");
                 let Some(len) = head
                     .lines()
                     .find_map(|l| l.strip_prefix("content-length:"))
                     .and_then(|v| v.trim().parse::<usize>().ok())
                 else {
-                    return Ok(false);
+                    return Ok(Answer::Framing);
                 };
                 while buf.len() < end + 4 + len {
                     let n = s.read(&mut chunk).await?;
                     if n == 0 {
-                        return Ok(false);
+                        return Ok(Answer::Closed);
                     }
                     buf.extend_from_slice(&chunk[..n]);
                 }
-                return Ok(ok && !closes);
+                return Ok(if !(200..300).contains(&status) {
+                    Answer::Status(status)
+                } else if closes {
+                    Answer::Closed
+                } else {
+                    Answer::Ok
+                });
             }
             let n = s.read(&mut chunk).await?;
             if n == 0 {
-                return Ok(false);
+                return Ok(Answer::Closed);
             }
             buf.extend_from_slice(&chunk[..n]);
         }

@@ -69,4 +69,8 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 cd "$here"
-cargo bench --bench c50k -- --target "127.0.0.1:$lp" --connections "$n" --pid "$proxy" "$@"
+status=0
+cargo bench --bench c50k -- --target "127.0.0.1:$lp" --connections "$n" --pid "$proxy" "$@" || status=$?
+echo "stickylb's own count:"
+curl -s "http://127.0.0.1:$ap/metrics" | grep -E '^stickylb_(responses_total|proxy_responses_total|upstream_errors_total)' | grep -v ' 0$' || true
+exit "$status"

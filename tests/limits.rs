@@ -58,6 +58,32 @@ async fn silent_connections_close_after_client_header_read() {
 }
 
 #[tokio::test]
+async fn keep_alive_connections_wait_idle_not_client_header_read_between_requests() {
+    // `client_header_read` times a request head; between requests a
+    // keep-alive connection may wait `idle` (RFC 9112 §9.3: the server
+    // chooses, and says so in the config).
+    let (_backend, proxy) =
+        proxy_with("[timeouts]\nclient_header_read = \"300ms\"\nidle = \"60s\"").await;
+    for addr in [proxy.addr, proxy.admin] {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let mut buf = Vec::new();
+        for i in 0..2 {
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\n\r\n")
+                .await
+                .expect("write");
+            let r = read_response(&mut s, &mut buf, false).await;
+            assert!(
+                r.status_line().starts_with("HTTP/1.1 200"),
+                "{addr} request {i}: {r:?}"
+            );
+            // Idle for three times the head allowance (the time itself is
+            // what is tested).
+            tokio::time::sleep(Duration::from_millis(900)).await;
+        }
+    }
+}
+
+#[tokio::test]
 async fn admin_connections_idle_after_a_request_close_after_idle() {
     let (_backend, proxy) =
         proxy_with("[timeouts]\nclient_header_read = \"5s\"\nidle = \"300ms\"").await;

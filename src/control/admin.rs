@@ -115,7 +115,7 @@ async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(deadlines.header_read);
+        .header_read_timeout(deadlines.hyper_header_read());
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut closing = false;
@@ -129,7 +129,8 @@ async fn serve(
                 return;
             }
             () = tokio::time::sleep_until(deadlines.next(&activity, seen_request)), if !closing => {
-                match deadlines.expired(&activity, seen_request) {
+                // Read again: a request may have come while the timer ran.
+                match deadlines.expired(&activity, seen.load(Ordering::Relaxed)) {
                     Some(Expiry::HeaderRead) => return,
                     Some(Expiry::Idle) => {
                         closing = true;

@@ -174,6 +174,16 @@ impl Deadlines {
         }
     }
 
+    /// The head timeout to give hyper's HTTP/1 server. Its timer restarts
+    /// at the end of each response, so it also times the wait for the next
+    /// request: set to `header_read` alone it would cut keep-alive
+    /// connections idle longer than that. The first head's `header_read`
+    /// is timed here from the accept; every later head, the idle wait
+    /// before it included, gets `idle`, or `header_read` if that is longer.
+    pub fn hyper_header_read(&self) -> Duration {
+        self.header_read.max(self.idle)
+    }
+
     /// Whether the connection's time is up now, and why.
     pub fn expired(&self, activity: &Activity, seen_request: bool) -> Option<Expiry> {
         let now = Instant::now();

@@ -286,7 +286,7 @@ impl Connection {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(deadlines.header_read)
+            .header_read_timeout(deadlines.hyper_header_read())
             .max_buf_size(header_bytes)
             // A client may shut its write side after a complete request and
             // still wait for the response (RFC 9112 §9.6).
