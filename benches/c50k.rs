@@ -45,25 +45,25 @@ struct Args {
     #[arg(long)]
     target: Option<SocketAddr>,
     /// Concurrent connections to hold open.
-    #[arg(long, default_value_t = 50_000)]
-    connections: usize,
-    /// Time between two requests of one connection.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(1..))]
+    connections: u32,
+    /// Time between two requests of one connection (at least 1ms).
+    #[arg(long, default_value = "5s", value_parser = positive)]
     interval: Duration,
-    /// How long the load phase lasts, all connections open.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    /// How long the load phase lasts, all connections open (at least 1ms).
+    #[arg(long, default_value = "60s", value_parser = positive)]
     duration: Duration,
     /// Connections opened per second at most (over all processes).
-    #[arg(long, default_value_t = 4000)]
+    #[arg(long, default_value_t = 4000, value_parser = clap::value_parser!(u32).range(1..))]
     connect_rate: u32,
     /// Connections per loopback source address (127.0.0.2, .3, …).
-    #[arg(long, default_value_t = 20_000)]
-    per_source: usize,
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..=28_000))]
+    per_source: u32,
     /// Processes to spread the connections over.
-    #[arg(long, default_value_t = 1)]
-    processes: usize,
-    /// A connect or a request taking longer fails.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    processes: u32,
+    /// A connect or a request taking longer fails (at least 1ms).
+    #[arg(long, default_value = "10s", value_parser = positive)]
     timeout: Duration,
     /// Idle time after the open phase, before the memory reading.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
@@ -77,6 +77,15 @@ struct Args {
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
+}
+
+/// A duration of at least a millisecond (`humantime` syntax).
+fn positive(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(1) {
+        return Err("must be at least 1ms".into());
+    }
+    Ok(d)
 }
 
 /// Latency buckets: 100 a decade from 1 µs, up to 100 s.
@@ -201,17 +210,20 @@ fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 fn run_parent(args: &Args) -> i32 {
-    let n = args.processes.max(1);
-    let per_part = args.connections.div_ceil(n);
+    let n = args.processes as usize;
+    let per_part = (args.connections as usize).div_ceil(n);
     let hard = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(0, |(_, h)| h);
     if per_part as u64 + 64 > hard {
         eprintln!(
             "c50k: {per_part} connections per process do not fit in the open files limit ({hard}); use --processes {}",
-            (args.connections as u64).div_ceil(hard.saturating_sub(64).max(1))
+            u64::from(args.connections).div_ceil(hard.saturating_sub(64).max(1))
         );
         return 2;
     }
     let base = args.pid.and_then(rss_kib);
+    if let (Some(pid), None) = (args.pid, base) {
+        eprintln!("c50k: cannot read /proc/{pid}/status: no memory figures");
+    }
     let exe = std::env::current_exe().expect("own path");
     let mut children = Vec::new();
     let started = Instant::now();
@@ -242,6 +254,7 @@ fn run_parent(args: &Args) -> i32 {
     // Phase 1: each part says when its connections are open.
     let mut opened = 0;
     let mut open_errors = 0;
+    let mut open_failed = 0;
     for out in &mut outs {
         let mut line = String::new();
         let _ = out.read_line(&mut line);
@@ -252,10 +265,11 @@ fn run_parent(args: &Args) -> i32 {
         t.add_line(&line);
         opened += t.opened;
         open_errors += t.connect_errors;
+        open_failed += t.request_errors;
     }
     let open_time = started.elapsed();
     println!(
-        "open: {opened} connections in {:.1} s ({open_errors} failed), {n} process(es)",
+        "open: {opened} connections in {:.1} s ({open_errors} could not connect, {open_failed} first requests failed), {n} process(es)",
         open_time.as_secs_f64()
     );
     // Phase 2: all open and silent.
@@ -295,15 +309,25 @@ fn run_parent(args: &Args) -> i32 {
             (m.saturating_sub(b)) as f64 / opened.max(1) as f64
         );
     }
+    // The final tallies count the open phase too: the load phase alone is
+    // the difference.
+    let load_requests = total.requests.saturating_sub(opened + open_failed);
+    let load_failed = total.request_errors.saturating_sub(open_failed);
+    let latency = if total.hist.iter().any(|n| *n > 0) {
+        format!(
+            "latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+            ms(total.percentile(0.5)),
+            ms(total.percentile(0.99)),
+            ms(total.percentile(0.999)),
+            ms(total.percentile(1.0)),
+        )
+    } else {
+        "no request answered".to_string()
+    };
     println!(
-        "load: {} requests in {secs:.0} s = {:.0} requests/s, {} failed; latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
-        total.requests,
-        total.requests as f64 / secs,
-        total.request_errors,
-        ms(total.percentile(0.5)),
-        ms(total.percentile(0.99)),
-        ms(total.percentile(0.999)),
-        ms(total.percentile(1.0)),
+        "load: {load_requests} requests in {secs:.0} s = {:.0} requests/s, {load_failed} failed, {} could not connect; {latency}",
+        load_requests as f64 / secs,
+        total.connect_errors.saturating_sub(open_errors),
     );
     if total.request_errors > 0 {
         let kinds: Vec<String> = FAILURES
@@ -314,10 +338,10 @@ fn run_parent(args: &Args) -> i32 {
             .collect();
         println!("failed requests: {}", kinds.join(", "));
     }
-    let errors = open_errors + total.connect_errors + total.request_errors;
+    let errors = total.connect_errors + total.request_errors;
     println!(
         "c50k: connections={opened} errors={errors} requests_per_s={:.0} p99_ms={:.2}",
-        total.requests as f64 / secs,
+        load_requests as f64 / secs,
         ms(total.percentile(0.99))
     );
     i32::from(errors > 0)
@@ -349,7 +373,7 @@ fn run_part(args: &Args, target: SocketAddr, part: &str) -> i32 {
         hist: Mutex::new(vec![0; BUCKETS]),
         ..Shared::default()
     });
-    let ids: Vec<usize> = (k..args.connections).step_by(n.max(1)).collect();
+    let ids: Vec<usize> = (k..args.connections as usize).step_by(n.max(1)).collect();
     let args = Arc::new(args.clone());
     rt.block_on(async {
         let (go_tx, go_rx) = tokio::sync::watch::channel(None::<Instant>);
@@ -372,9 +396,10 @@ fn run_part(args: &Args, target: SocketAddr, part: &str) -> i32 {
         // Every connection reports once, opened or failed.
         while open_rx.recv().await.is_some() {}
         println!(
-            "open opened={} connect_errors={}",
+            "open opened={} connect_errors={} request_errors={}",
             shared.opened.load(Ordering::Relaxed),
-            shared.connect_errors.load(Ordering::Relaxed)
+            shared.connect_errors.load(Ordering::Relaxed),
+            shared.request_errors.load(Ordering::Relaxed)
         );
         let _ = std::io::stdout().flush();
         // Wait for the parent's "go" (a blocking read, off the runtime).
@@ -403,8 +428,8 @@ fn run_part(args: &Args, target: SocketAddr, part: &str) -> i32 {
 
 /// Loopback source address of connection `id`: 127.0.0.2 for the first
 /// `per_source`, then .3, and so on.
-fn source(id: usize, per_source: usize) -> SocketAddr {
-    let i = 2 + id / per_source.max(1);
+fn source(id: usize, per_source: u32) -> SocketAddr {
+    let i = 2 + id / (per_source as usize).max(1);
     let ip = Ipv4Addr::new(127, 0, (i / 256) as u8, (i % 256) as u8);
     SocketAddr::V4(SocketAddrV4::new(ip, 0))
 }
@@ -457,25 +482,29 @@ async fn connection(
 ) {
     let request = format!("GET /c50k/{id} HTTP/1.1\r\nHost: c50k\r\nX-Client-Id: {id}\r\n\r\n");
     let mut buf = Vec::with_capacity(512);
-    let first = match open(id, target, args).await {
-        Ok(mut s) => match exchange(&mut s, request.as_bytes(), &mut buf, args.timeout).await {
-            Ok(Answer::Ok) => Some(s),
-            _ => None,
-        },
-        Err(_) => None,
+    let mut stream = match open(id, target, args).await {
+        Ok(s) => {
+            shared.opened.fetch_add(1, Ordering::Relaxed);
+            Some(s)
+        }
+        Err(e) => {
+            shared.connect_failed(&e);
+            None
+        }
     };
-    let counter = if first.is_some() {
-        &shared.opened
-    } else {
-        &shared.connect_errors
-    };
-    counter.fetch_add(1, Ordering::Relaxed);
+    if let Some(s) = &mut stream {
+        if !shared
+            .request(s, request.as_bytes(), &mut buf, args.timeout)
+            .await
+        {
+            stream = None;
+        }
+    }
     let _ = opened.send(()).await;
     drop(opened);
     let Ok(start) = go.wait_for(Option::is_some).await.map(|s| s.expect("set")) else {
         return;
     };
-    let mut stream = first;
     // Each connection at its own offset in the interval.
     let offset = args.interval.mul_f64(fastrand::f64());
     let end = start + args.duration;
@@ -483,44 +512,65 @@ async fn connection(
     while at < end {
         tokio::time::sleep_until(at.into()).await;
         at += args.interval;
+        // A connection that failed is opened again for the next request.
         let s = match &mut stream {
             Some(s) => s,
             None => match open(id, target, args).await {
                 Ok(s) => stream.insert(s),
-                Err(_) => {
-                    shared.connect_errors.fetch_add(1, Ordering::Relaxed);
+                Err(e) => {
+                    shared.connect_failed(&e);
                     continue;
                 }
             },
         };
+        if !shared
+            .request(s, request.as_bytes(), &mut buf, args.timeout)
+            .await
+        {
+            stream = None;
+        }
+    }
+}
+
+impl Shared {
+    /// Counts a failed connect; the first one's cause is printed.
+    fn connect_failed(&self, e: &std::io::Error) {
+        if self.connect_errors.fetch_add(1, Ordering::Relaxed) == 0 {
+            eprintln!("c50k: first failed connect: {e}");
+        }
+    }
+
+    /// One request on `s`, counted; whether the connection is still usable.
+    async fn request(
+        &self,
+        s: &mut TcpStream,
+        request: &[u8],
+        buf: &mut Vec<u8>,
+        limit: Duration,
+    ) -> bool {
         let sent = Instant::now();
-        let ok = exchange(s, request.as_bytes(), &mut buf, args.timeout).await;
-        shared.requests.fetch_add(1, Ordering::Relaxed);
-        match ok {
+        let answer = exchange(s, request, buf, limit).await;
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let kind = match answer {
             Ok(Answer::Ok) => {
-                if let Ok(mut h) = shared.hist.lock() {
+                if let Ok(mut h) = self.hist.lock() {
                     h[bucket(sent.elapsed())] += 1;
                 }
+                return true;
             }
-            failed => {
-                let kind = match failed {
-                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => 0,
-                    Err(_) | Ok(Answer::Closed) => 1,
-                    Ok(Answer::Status(code)) => {
-                        if shared.failures[2].fetch_add(1, Ordering::Relaxed) == 0 {
-                            eprintln!("c50k: first failed status: {code}");
-                        }
-                        usize::MAX
-                    }
-                    Ok(_) => 3,
-                };
-                if kind < FAILURES.len() {
-                    shared.failures[kind].fetch_add(1, Ordering::Relaxed);
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => 0,
+            Err(_) | Ok(Answer::Closed) => 1,
+            Ok(Answer::Status(code)) => {
+                if self.failures[2].load(Ordering::Relaxed) == 0 {
+                    eprintln!("c50k: first failed status: {code}");
                 }
-                shared.request_errors.fetch_add(1, Ordering::Relaxed);
-                stream = None;
+                2
             }
-        }
+            Ok(Answer::Framing) => 3,
+        };
+        self.failures[kind].fetch_add(1, Ordering::Relaxed);
+        self.request_errors.fetch_add(1, Ordering::Relaxed);
+        false
     }
 }
 

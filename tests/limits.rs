@@ -83,6 +83,98 @@ async fn keep_alive_connections_wait_idle_not_client_header_read_between_request
     }
 }
 
+/// One request on `s`, answered 200.
+async fn request_ok(s: &mut TcpStream, buf: &mut Vec<u8>, path: &str) {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let r = read_response(s, buf, false).await;
+    assert!(r.status_line().starts_with("HTTP/1.1 200"), "{path}: {r:?}");
+    assert!(!r.has_header("connection", "close"), "{path}: {r:?}");
+}
+
+#[tokio::test]
+async fn a_later_head_must_be_complete_within_client_header_read_of_its_first_byte() {
+    // NGINX's client_header_timeout: the allowance runs from the head's
+    // first byte, on a kept-alive connection as on a new one.
+    let (_backend, proxy) =
+        proxy_with("[timeouts]\nclient_header_read = \"400ms\"\nidle = \"60s\"").await;
+    for addr in [proxy.addr, proxy.admin] {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let mut buf = Vec::new();
+        request_ok(&mut s, &mut buf, "/healthz").await;
+        // Past the first head's deadline, so that only the second head's
+        // own allowance can close the connection (the wait is the test).
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        s.write_all(b"GET /healthz HTTP/1.1\r\n")
+            .await
+            .expect("write");
+        let start = Instant::now();
+        let rest = read_for(&mut s, Duration::from_secs(10)).await;
+        let took = start.elapsed();
+        assert!(
+            rest.is_empty(),
+            "{addr}: {:?}",
+            String::from_utf8_lossy(&rest)
+        );
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_millis(1500),
+            "{addr}: a stalled head closed after {took:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_head_begun_late_in_the_idle_wait_gets_its_whole_allowance() {
+    // Idle 600 ms between requests; a head begun at 400 ms may take its
+    // 1 s, past the idle deadline.
+    let (_backend, proxy) =
+        proxy_with("[timeouts]\nclient_header_read = \"1s\"\nidle = \"600ms\"").await;
+    for addr in [proxy.addr, proxy.admin] {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let mut buf = Vec::new();
+        request_ok(&mut s, &mut buf, "/healthz").await;
+        // The waits are what is tested.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        s.write_all(b"GET /healthz HTTP/1.1\r\n")
+            .await
+            .expect("write");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        s.write_all(b"Host: a\r\nX-Client-Id: k\r\n\r\n")
+            .await
+            .expect("write");
+        let r = read_response(&mut s, &mut buf, false).await;
+        assert!(r.status_line().starts_with("HTTP/1.1 200"), "{addr}: {r:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_request_slower_than_idle_keeps_its_connection() {
+    // `idle` counts between requests only: a backend that takes three
+    // times as long still answers on a connection that stays open, for
+    // HTTP/1.1 and HTTP/2 alike.
+    let backend = spawn_backend("slow").await;
+    let proxy = spawn_proxy(&config_text(
+        &[&backend],
+        "key = [\"header:x-client-id\"]",
+        "[timeouts]\nidle = \"300ms\"",
+    ))
+    .await;
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    let mut buf = Vec::new();
+    for i in 0..2 {
+        request_ok(&mut s, &mut buf, &format!("/slow?ms=900&i={i}")).await;
+    }
+    let h2 = h2_client();
+    let r = send(
+        &h2,
+        get(proxy.addr, "/slow?ms=900", &[("x-client-id", "k")]),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = send(&h2, get(proxy.addr, "/slow?ms=10", &[("x-client-id", "k")])).await;
+    assert_eq!(r.status, 200);
+}
+
 #[tokio::test]
 async fn admin_connections_idle_after_a_request_close_after_idle() {
     let (_backend, proxy) =

@@ -105,17 +105,22 @@ async fn serve(
     let seen = Arc::new(AtomicBool::new(false));
     let service = {
         let seen = seen.clone();
+        let activity = activity.clone();
         service_fn(move |req| {
             seen.store(true, Ordering::Relaxed);
+            // Answered at once: in progress only while it is made.
+            let _busy = activity.request_started();
             let admin = admin.clone();
-            async move { Ok::<_, Infallible>(admin.answer(&req)) }
+            let answer = admin.answer(&req);
+            async move { Ok::<_, Infallible>(answer) }
         })
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(deadlines.hyper_header_read());
+        // Heads are timed by `Deadlines`, from their first byte.
+        .header_read_timeout(None);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut closing = false;

@@ -3,18 +3,25 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-/// When a connection last moved a byte; an atomic because hyper's IO and
-/// the idle timer share it.
+/// When a connection last moved a byte, how many requests it is serving,
+/// and when the head of the next one began to arrive; atomics because
+/// hyper's IO, the requests and the connection's timer share it.
 pub struct Activity {
     start: Instant,
     millis: AtomicU64,
+    /// Requests in progress: from a complete head to the end of the
+    /// response body (several at once on HTTP/2).
+    busy: AtomicU32,
+    /// When the first byte after the last response arrived (ms since
+    /// `start`, plus one): the next head is on its way. 0: none yet.
+    head_millis: AtomicU64,
 }
 
 impl Default for Activity {
@@ -28,6 +35,8 @@ impl Activity {
         Activity {
             start: Instant::now(),
             millis: AtomicU64::new(0),
+            busy: AtomicU32::new(0),
+            head_millis: AtomicU64::new(0),
         }
     }
 
@@ -38,6 +47,49 @@ impl Activity {
 
     pub fn last(&self) -> Instant {
         self.start + Duration::from_millis(self.millis.load(Ordering::Relaxed))
+    }
+
+    /// Bytes arrived: activity, and while no request is being served, the
+    /// start of the next request head.
+    fn bytes_read(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.millis.store(ms, Ordering::Relaxed);
+        if self.busy.load(Ordering::Relaxed) == 0 && self.head_millis.load(Ordering::Relaxed) == 0 {
+            self.head_millis.store(ms + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// A complete request head arrived: the request counts as in progress
+    /// until the returned guard is dropped (at the end of its response).
+    pub fn request_started(self: &Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        self.head_millis.store(0, Ordering::Relaxed);
+        Busy(self.clone())
+    }
+
+    /// Whether a request is in progress.
+    pub fn busy(&self) -> bool {
+        self.busy.load(Ordering::Relaxed) > 0
+    }
+
+    /// When the next request head began to arrive, if it has.
+    pub fn head_started(&self) -> Option<Instant> {
+        match self.head_millis.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(self.start + Duration::from_millis(ms - 1)),
+        }
+    }
+}
+
+/// A request in progress on a connection (see `Activity::request_started`);
+/// dropped at the end of its response, when the connection's idle time
+/// starts again.
+pub struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -52,7 +104,7 @@ pub trait Watch {
 /// Any byte either way is activity, for idle timeouts.
 impl Watch for Arc<Activity> {
     fn read(&self, _: usize) {
-        self.touch();
+        self.bytes_read();
     }
 
     fn written(&self, _: usize) {
@@ -136,9 +188,15 @@ pub async fn until_idle(activity: &Activity, idle: Duration) {
     }
 }
 
-/// When a client connection is due to close: one that has not sent a
-/// complete request head within `header_read` of being accepted, or that
-/// moved no byte for `idle` after its first request.
+/// When a client connection is due to close, as NGINX times it
+/// (`client_header_timeout`, `keepalive_timeout`):
+///
+/// - the first request head must be complete within `header_read` of the
+///   accept;
+/// - a later head within `header_read` of its first byte;
+/// - between requests, the connection may wait `idle` for that first byte;
+/// - while a request is in progress the connection has no deadline here
+///   (the request's own timeouts apply).
 #[derive(Debug, Clone, Copy)]
 pub struct Deadlines {
     pub accepted: Instant,
@@ -151,46 +209,56 @@ pub struct Deadlines {
 pub enum Expiry {
     /// No complete request head in time: close at once.
     HeaderRead,
-    /// Idle after its requests: close gracefully.
+    /// Idle between requests: close gracefully.
     Idle,
 }
 
 impl Deadlines {
-    /// The next instant to look again; `seen_request`: whether a request
-    /// head has arrived on the connection.
-    pub fn next(&self, activity: &Activity, seen_request: bool) -> Instant {
-        if seen_request {
-            return activity.last() + self.idle;
+    /// When the connection's time is up, and why, if nothing changes;
+    /// `None` while a request is in progress. `seen_request`: whether a
+    /// request head has arrived on the connection.
+    fn due(&self, activity: &Activity, seen_request: bool) -> Option<(Instant, Expiry)> {
+        if !seen_request {
+            return Some((self.accepted + self.header_read, Expiry::HeaderRead));
         }
-        // A request may arrive while the timer waits for the header
-        // deadline; when `idle` is the shorter, look again at its first
-        // possible expiry too.
-        let header = self.accepted + self.header_read;
-        let idle = activity.last() + self.idle;
-        if idle < header && idle > Instant::now() {
-            idle
-        } else {
-            header
+        if activity.busy() {
+            return None;
+        }
+        match activity.head_started() {
+            Some(head) => Some((head + self.header_read, Expiry::HeaderRead)),
+            None => Some((activity.last() + self.idle, Expiry::Idle)),
         }
     }
 
-    /// The head timeout to give hyper's HTTP/1 server. Its timer restarts
-    /// at the end of each response, so it also times the wait for the next
-    /// request: set to `header_read` alone it would cut keep-alive
-    /// connections idle longer than that. The first head's `header_read`
-    /// is timed here from the accept; every later head, the idle wait
-    /// before it included, gets `idle`, or `header_read` if that is longer.
-    pub fn hyper_header_read(&self) -> Duration {
-        self.header_read.max(self.idle)
+    /// The next instant to look again: the deadline, or while a request is
+    /// in progress, `idle` from now (its end is not signalled here); while
+    /// waiting for a request, at most `header_read` from now.
+    pub fn next(&self, activity: &Activity, seen_request: bool) -> Instant {
+        let now = Instant::now();
+        match self.due(activity, seen_request) {
+            // The first request may come and go while the timer waits for
+            // the head deadline; when `idle` is the shorter, look again at
+            // its first possible expiry too.
+            Some((at, _)) if !seen_request => {
+                let idle = activity.last() + self.idle;
+                if idle < at && idle > now {
+                    idle
+                } else {
+                    at
+                }
+            }
+            // Waiting for the next request: a head that begins meanwhile
+            // is not signalled here, so look again within `header_read`.
+            Some((at, Expiry::Idle)) => at.min(now + self.header_read),
+            Some((at, _)) => at,
+            None => now + self.idle,
+        }
     }
 
     /// Whether the connection's time is up now, and why.
     pub fn expired(&self, activity: &Activity, seen_request: bool) -> Option<Expiry> {
-        let now = Instant::now();
-        if !seen_request {
-            (self.accepted + self.header_read <= now).then_some(Expiry::HeaderRead)
-        } else {
-            (activity.last() + self.idle <= now).then_some(Expiry::Idle)
-        }
+        self.due(activity, seen_request)
+            .filter(|(at, _)| *at <= Instant::now())
+            .map(|(_, why)| why)
     }
 }

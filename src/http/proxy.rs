@@ -7,7 +7,7 @@ use crate::config::StickyCookie;
 use crate::config::{Log, LogFormat};
 use crate::http::body::{BodyProgress, ClientBody, RequestBody};
 use crate::http::error::{ProxyError, UpstreamErrorKind};
-use crate::http::idle::{self, Activity, Tracked};
+use crate::http::idle::{self, Activity, Busy, Tracked};
 use crate::http::upstream::{Conn, ConnectError, SendError, UpstreamBody};
 use crate::http::wire;
 use crate::observe::access_log::{AccessLog, Entry};
@@ -111,6 +111,15 @@ pub struct Streamed {
     body: UpstreamBody,
     _in_flight: InFlight,
     log: Option<Box<Pending>>,
+    /// The client connection's request in progress, ended with the body.
+    busy: Option<Busy>,
+}
+
+impl Streamed {
+    /// Keeps `busy` until the body has been sent or dropped.
+    pub fn hold(&mut self, busy: Busy) {
+        self.busy = Some(busy);
+    }
 }
 
 /// An access-log line waiting for the end of the response body.
@@ -304,6 +313,7 @@ impl Proxy {
                     body,
                     _in_flight: in_flight,
                     log: None,
+                    busy: None,
                 };
                 done.backend_counts = true;
                 (Response::from_parts(parts, Either::Left(body)), backend)

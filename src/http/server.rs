@@ -286,7 +286,9 @@ impl Connection {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(deadlines.hyper_header_read())
+            // Heads are timed by `Deadlines`, from their first byte: hyper's
+            // timer would also time the wait between requests.
+            .header_read_timeout(None)
             .max_buf_size(header_bytes)
             // A client may shut its write side after a complete request and
             // still wait for the response (RFC 9112 §9.6).
@@ -312,21 +314,35 @@ impl Connection {
         let proxy = self.proxy.clone();
         let service = {
             let state = state.clone();
+            let activity = activity.clone();
             service_fn(move |req| {
                 let proxy = proxy.clone();
                 let state = state.clone();
                 state.request_arrived();
+                let busy = activity.request_started();
                 // Boxed: hyper keeps a slot the size of this future for
                 // each connection, idle or not.
-                Box::pin(async move { Ok::<_, Infallible>(proxy.handle(req, info, &state).await) })
+                Box::pin(async move {
+                    let mut resp = proxy.handle(req, info, &state).await;
+                    // In progress until the backend's body has been sent;
+                    // a short answer of the proxy's own goes at once.
+                    if let http_body_util::Either::Left(streamed) = resp.body_mut() {
+                        streamed.hold(busy);
+                    }
+                    Ok::<_, Infallible>(resp)
+                })
             })
         };
         let conn = builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
 
         let mut draining = false;
+        // Set when a timeout closed the connection gracefully: the close
+        // must be over by then (an HTTP/2 client may never answer).
+        let mut closing_by = None;
         loop {
-            let deadline = deadlines.next(&activity, state.seen_request());
+            let deadline =
+                closing_by.unwrap_or_else(|| deadlines.next(&activity, state.seen_request()));
             tokio::select! {
                 res = conn.as_mut() => {
                     if let Err(e) = res {
@@ -347,16 +363,23 @@ impl Connection {
                         conn.as_mut().graceful_shutdown();
                     }
                 }
-                () = tokio::time::sleep_until(deadline), if !draining => {
+                () = tokio::time::sleep_until(deadline) => {
+                    if closing_by.is_some() {
+                        tracing::debug!(%peer, "closing connection: its graceful close took longer than {:?}", deadlines.header_read);
+                        return;
+                    }
                     match deadlines.expired(&activity, state.seen_request()) {
                         Some(Expiry::HeaderRead) => {
-                            tracing::debug!(%peer, "closing connection: no request head within {:?}", deadlines.header_read);
+                            tracing::debug!(%peer, "closing connection: no complete request head within {:?}", deadlines.header_read);
                             return;
                         }
                         Some(Expiry::Idle) => {
                             tracing::debug!(%peer, "closing connection idle for {:?}", deadlines.idle);
-                            draining = true;
-                            conn.as_mut().graceful_shutdown();
+                            if !draining {
+                                draining = true;
+                                conn.as_mut().graceful_shutdown();
+                            }
+                            closing_by = Some(tokio::time::Instant::now() + deadlines.header_read);
                         }
                         None => {}
                     }
