@@ -1,0 +1,32 @@
+# Sourced by the load scripts here: a temp dir, three NGINX `return 200`
+# backends on free loopback ports ($b1 $b2 $b3), two more free ports for
+# the proxy ($lp, $ap), and a trap that stops everything started (by PID,
+# from $pids) and removes the temp dir.
+command -v nginx > /dev/null || { echo "$0: needs nginx for the backends" >&2; exit 2; }
+tmp="$(mktemp -d)"
+pids=()
+stop() {
+  for p in "${pids[@]}"; do kill "$p" 2> /dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2> /dev/null || true; done
+  rm -rf "$tmp"
+}
+trap stop EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+b1=$(free_port); b2=$(free_port); b3=$(free_port); lp=$(free_port); ap=$(free_port)
+cat > "$tmp/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $tmp/nginx.pid;
+error_log $tmp/nginx-error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $tmp; proxy_temp_path $tmp; fastcgi_temp_path $tmp; uwsgi_temp_path $tmp; scgi_temp_path $tmp;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$b1; location / { return 200 "ok\n"; } }
+  server { listen 127.0.0.1:$b2; location / { return 200 "ok\n"; } }
+  server { listen 127.0.0.1:$b3; location / { return 200 "ok\n"; } }
+}
+CONF
+nginx -c "$tmp/nginx.conf" -p "$tmp" > /dev/null 2>&1 &
+pids+=($!)
