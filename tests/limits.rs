@@ -176,6 +176,57 @@ async fn a_request_slower_than_idle_keeps_its_connection() {
 }
 
 #[tokio::test]
+async fn an_idle_http2_connection_closes_even_if_the_client_never_answers_rfc9113_6_8() {
+    // After `idle`, GOAWAY (RFC 9113 §6.8) and a PING; a client that answers
+    // neither is closed `client_header_read` later, not kept forever.
+    use tokio::io::AsyncReadExt;
+    let (_backend, proxy) =
+        proxy_with("[timeouts]\nclient_header_read = \"500ms\"\nidle = \"300ms\"").await;
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // SETTINGS, empty.
+    out.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    // HEADERS on stream 1, END_STREAM | END_HEADERS: GET http://a/ with
+    // x-client-id: k (HPACK: static indexes, literals without Huffman).
+    let mut block = vec![0x82, 0x86, 0x84, 0x41, 0x01, b'a', 0x00, 0x0b];
+    block.extend_from_slice(b"x-client-id");
+    block.extend_from_slice(&[0x01, b'k']);
+    out.extend_from_slice(&[0, 0, block.len() as u8, 0x1, 0x5, 0, 0, 0, 1]);
+    out.extend_from_slice(&block);
+    s.write_all(&out).await.expect("write");
+    let mut answered = None;
+    let mut goaway = false;
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let mut head = [0u8; 9];
+            if s.read_exact(&mut head).await.is_err() {
+                return Instant::now();
+            }
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            if s.read_exact(&mut payload).await.is_err() {
+                return Instant::now();
+            }
+            match head[3] {
+                // DATA with END_STREAM: the response is complete.
+                0x0 if head[4] & 0x1 != 0 => answered = Some(Instant::now()),
+                0x7 => goaway = true,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the connection is closed");
+    let answered = answered.expect("the request was answered");
+    assert!(goaway, "GOAWAY before the close");
+    let took = closed - answered;
+    assert!(
+        took >= Duration::from_millis(600) && took < Duration::from_secs(3),
+        "closed {took:?} after the response"
+    );
+}
+
+#[tokio::test]
 async fn admin_connections_idle_after_a_request_close_after_idle() {
     let (_backend, proxy) =
         proxy_with("[timeouts]\nclient_header_read = \"5s\"\nidle = \"300ms\"").await;
