@@ -175,14 +175,14 @@ async fn a_request_slower_than_idle_keeps_its_connection() {
     assert_eq!(r.status, 200);
 }
 
-#[tokio::test]
-async fn an_idle_http2_connection_closes_even_if_the_client_never_answers_rfc9113_6_8() {
-    // After `idle`, GOAWAY (RFC 9113 §6.8) and a PING; a client that answers
-    // neither is closed `client_header_read` later, not kept forever.
+/// Opens an HTTP/2 connection (raw frames, prior knowledge) to `addr`, asks
+/// for `/` and never answers the server's frames. With `ping_after`, the
+/// client sends a PING and a WINDOW_UPDATE once the response is in, as
+/// clients do. Returns whether a GOAWAY came, and how long after the
+/// response the connection was closed.
+async fn h2_until_closed(addr: SocketAddr, ping_after: bool) -> (bool, Duration) {
     use tokio::io::AsyncReadExt;
-    let (_backend, proxy) =
-        proxy_with("[timeouts]\nclient_header_read = \"500ms\"\nidle = \"300ms\"").await;
-    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    let mut s = TcpStream::connect(addr).await.expect("connect");
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     // SETTINGS, empty.
     out.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
@@ -209,7 +209,17 @@ async fn an_idle_http2_connection_closes_even_if_the_client_never_answers_rfc911
             }
             match head[3] {
                 // DATA with END_STREAM: the response is complete.
-                0x0 if head[4] & 0x1 != 0 => answered = Some(Instant::now()),
+                0x0 if head[4] & 0x1 != 0 => {
+                    answered = Some(Instant::now());
+                    if ping_after {
+                        let mut frames = vec![0, 0, 8, 0x6, 0, 0, 0, 0, 0];
+                        frames.extend_from_slice(b"12345678");
+                        frames.extend_from_slice(&[0, 0, 4, 0x8, 0, 0, 0, 0, 0, 0, 0, 0x10, 0]);
+                        if s.write_all(&frames).await.is_err() {
+                            return Instant::now();
+                        }
+                    }
+                }
                 0x7 => goaway = true,
                 _ => {}
             }
@@ -217,13 +227,39 @@ async fn an_idle_http2_connection_closes_even_if_the_client_never_answers_rfc911
     })
     .await
     .expect("the connection is closed");
-    let answered = answered.expect("the request was answered");
-    assert!(goaway, "GOAWAY before the close");
-    let took = closed - answered;
-    assert!(
-        took >= Duration::from_millis(600) && took < Duration::from_secs(3),
-        "closed {took:?} after the response"
-    );
+    (goaway, closed - answered.expect("the request was answered"))
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_closes_even_if_the_client_never_answers_rfc9113_6_8() {
+    // After `idle`, GOAWAY (RFC 9113 §6.8) and a PING; a client that answers
+    // neither is closed `client_header_read` later, not kept forever.
+    let (_backend, proxy) =
+        proxy_with("[timeouts]\nclient_header_read = \"500ms\"\nidle = \"300ms\"").await;
+    for addr in [proxy.addr, proxy.admin] {
+        let (goaway, took) = h2_until_closed(addr, false).await;
+        assert!(goaway, "{addr}: GOAWAY before the close");
+        assert!(
+            took >= Duration::from_millis(600) && took < Duration::from_secs(3),
+            "{addr}: closed {took:?} after the response"
+        );
+    }
+}
+
+#[tokio::test]
+async fn http2_frames_between_requests_are_not_a_request_head() {
+    // A PING or WINDOW_UPDATE after a response is no head on its way:
+    // the connection waits `idle`, then gets its GOAWAY.
+    let (_backend, proxy) =
+        proxy_with("[timeouts]\nclient_header_read = \"300ms\"\nidle = \"1s\"").await;
+    for addr in [proxy.addr, proxy.admin] {
+        let (goaway, took) = h2_until_closed(addr, true).await;
+        assert!(goaway, "{addr}: closed after {took:?} without GOAWAY");
+        assert!(
+            took >= Duration::from_millis(900),
+            "{addr}: closed {took:?} after the response"
+        );
+    }
 }
 
 #[tokio::test]

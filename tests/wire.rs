@@ -531,6 +531,40 @@ async fn an_early_answer_frees_the_connection_once_the_body_is_through_rfc9112_9
 }
 
 #[tokio::test]
+async fn a_body_still_arriving_after_an_early_answer_is_a_request_in_progress() {
+    // The backend answered before the body was through; the client goes on
+    // sending it, slower than client_header_read. The connection is not
+    // waiting for a head meanwhile, and serves the next request after.
+    let (addr, task) = early_answer_backend().await;
+    let config = config_for(
+        &[("early", addr)],
+        "key = [\"header:x-client-id\"]",
+        "[timeouts]\nclient_header_read = \"300ms\"",
+    );
+    let proxy = spawn_proxy(&config).await;
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\nContent-Length: 40\r\n\r\n0123456789")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let r = read_response(&mut s, &mut buf, false).await;
+    assert_eq!(r.status_line(), "HTTP/1.1 413 Content Too Large", "{r:?}");
+    for _ in 0..3 {
+        // The pauses are what is tested: 600 ms in all, twice the allowance.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        s.write_all(b"0123456789")
+            .await
+            .expect("the upload goes on");
+    }
+    s.write_all(b"GET /after HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\n\r\n")
+        .await
+        .expect("write");
+    let r = read_response(&mut s, &mut buf, false).await;
+    assert_eq!(r.status_line(), "HTTP/1.1 200 OK", "{r:?}");
+    task.abort();
+}
+
+#[tokio::test]
 async fn idle_pooled_connections_close_after_upstream_idle() {
     let (backend, proxy) =
         behind_proxy(Arc::new(ok), "[timeouts]\nupstream_idle = \"300ms\"").await;

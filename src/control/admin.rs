@@ -108,6 +108,9 @@ async fn serve(
         let activity = activity.clone();
         service_fn(move |req| {
             seen.store(true, Ordering::Relaxed);
+            if req.version() == http::Version::HTTP_2 {
+                activity.multiplexed();
+            }
             // Answered at once: in progress only while it is made.
             let _busy = activity.request_started();
             let admin = admin.clone();
@@ -123,9 +126,12 @@ async fn serve(
         .header_read_timeout(None);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let mut closing = false;
+    // Set when the idle timeout closed the connection gracefully: the close
+    // must be over by then (an HTTP/2 client may never answer).
+    let mut closing_by = None;
     loop {
-        let seen_request = seen.load(Ordering::Relaxed);
+        let deadline =
+            closing_by.unwrap_or_else(|| deadlines.next(&activity, seen.load(Ordering::Relaxed)));
         tokio::select! {
             res = conn.as_mut() => {
                 if let Err(e) = res {
@@ -133,13 +139,16 @@ async fn serve(
                 }
                 return;
             }
-            () = tokio::time::sleep_until(deadlines.next(&activity, seen_request)), if !closing => {
+            () = tokio::time::sleep_until(deadline) => {
+                if closing_by.is_some() {
+                    return;
+                }
                 // Read again: a request may have come while the timer ran.
                 match deadlines.expired(&activity, seen.load(Ordering::Relaxed)) {
                     Some(Expiry::HeaderRead) => return,
                     Some(Expiry::Idle) => {
-                        closing = true;
                         conn.as_mut().graceful_shutdown();
+                        closing_by = Some(tokio::time::Instant::now() + deadlines.header_read);
                     }
                     None => {}
                 }

@@ -96,6 +96,8 @@ pub struct ClientBody {
     timer: Option<Pin<Box<Sleep>>>,
     /// Whether a frame arrived since the timer was last armed.
     moved: bool,
+    /// The client connection's request in progress, ended with the body.
+    busy: Option<crate::http::idle::Busy>,
 }
 
 /// A client body that stopped short; the cause is in `BodyProgress`.
@@ -122,8 +124,14 @@ impl ClientBody {
             read_timeout,
             timer: None,
             moved: true,
+            busy: None,
         };
         (body, progress)
+    }
+
+    /// Keeps `busy` until the body has been read or dropped.
+    pub fn hold(&mut self, busy: crate::http::idle::Busy) {
+        self.busy = Some(busy);
     }
 
     fn fail(&self, fault: BodyFault) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
@@ -152,6 +160,7 @@ impl Body for ClientBody {
                 }
                 if self.inner.is_end_stream() {
                     self.progress.set(DONE);
+                    self.busy = None;
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -166,6 +175,7 @@ impl Body for ClientBody {
             }
             Poll::Ready(None) => {
                 self.progress.set(DONE);
+                self.busy = None;
                 Poll::Ready(None)
             }
             Poll::Pending => {

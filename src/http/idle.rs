@@ -3,7 +3,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -13,6 +13,7 @@ use tokio::time::Instant;
 /// When a connection last moved a byte, how many requests it is serving,
 /// and when the head of the next one began to arrive; atomics because
 /// hyper's IO, the requests and the connection's timer share it.
+#[derive(Debug)]
 pub struct Activity {
     start: Instant,
     millis: AtomicU64,
@@ -22,6 +23,9 @@ pub struct Activity {
     /// When the first byte after the last response arrived (ms since
     /// `start`, plus one): the next head is on its way. 0: none yet.
     head_millis: AtomicU64,
+    /// HTTP/2: bytes between requests are frames (PING, WINDOW_UPDATE),
+    /// not a head on its way; only `idle` applies between requests.
+    multiplexed: AtomicBool,
 }
 
 impl Default for Activity {
@@ -37,6 +41,7 @@ impl Activity {
             millis: AtomicU64::new(0),
             busy: AtomicU32::new(0),
             head_millis: AtomicU64::new(0),
+            multiplexed: AtomicBool::new(false),
         }
     }
 
@@ -54,8 +59,18 @@ impl Activity {
     fn bytes_read(&self) {
         let ms = self.start.elapsed().as_millis() as u64;
         self.millis.store(ms, Ordering::Relaxed);
-        if self.busy.load(Ordering::Relaxed) == 0 && self.head_millis.load(Ordering::Relaxed) == 0 {
+        if self.busy.load(Ordering::Relaxed) == 0
+            && self.head_millis.load(Ordering::Relaxed) == 0
+            && !self.multiplexed.load(Ordering::Relaxed)
+        {
             self.head_millis.store(ms + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// Marks the connection as HTTP/2 (see `multiplexed`).
+    pub fn multiplexed(&self) {
+        if !self.multiplexed.load(Ordering::Relaxed) {
+            self.multiplexed.store(true, Ordering::Relaxed);
         }
     }
 
@@ -82,7 +97,8 @@ impl Activity {
 }
 
 /// A request in progress on a connection (see `Activity::request_started`);
-/// dropped at the end of its response, when the connection's idle time
+/// dropped at the end of its response (and of its body, which a backend
+/// may answer before it is all sent), when the connection's idle time
 /// starts again.
 pub struct Busy(Arc<Activity>);
 

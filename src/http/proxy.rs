@@ -42,6 +42,9 @@ pub struct ConnInfo {
 /// State shared by the requests of one client connection.
 #[derive(Debug, Default)]
 pub struct ConnState {
+    /// The connection's activity, to count a request body still arriving
+    /// as a request in progress (none in tests that have no connection).
+    activity: Option<Arc<Activity>>,
     /// The sticky id generated for this connection's key-less requests; a
     /// `OnceLock` so parallel HTTP/2 streams agree on one, made only when
     /// the first key-less request needs it.
@@ -52,6 +55,13 @@ pub struct ConnState {
 }
 
 impl ConnState {
+    pub fn new(activity: Arc<Activity>) -> Self {
+        ConnState {
+            activity: Some(activity),
+            ..ConnState::default()
+        }
+    }
+
     /// Notes that a request head arrived (written once per connection).
     pub fn request_arrived(&self) {
         if !self.seen_request.load(Ordering::Relaxed) {
@@ -255,7 +265,12 @@ impl Proxy {
                     HeaderValue::from_static("chunked"),
                 );
             }
-            let (body, progress) = ClientBody::new(body, picked.client_body_read);
+            let (mut body, progress) = ClientBody::new(body, picked.client_body_read);
+            // In progress until the body is all read, even when the backend
+            // answered first.
+            if let Some(activity) = &state.activity {
+                body.hold(activity.request_started());
+            }
             (RequestBody::Client(body), Some(progress))
         };
         let req = Request::from_parts(parts, body);

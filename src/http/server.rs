@@ -310,7 +310,7 @@ impl Connection {
 
         let info = ConnInfo { peer, scheme };
         // Shared by the connection's requests: one generated sticky id.
-        let state = Arc::new(ConnState::default());
+        let state = Arc::new(ConnState::new(activity.clone()));
         let proxy = self.proxy.clone();
         let service = {
             let state = state.clone();
@@ -319,6 +319,9 @@ impl Connection {
                 let proxy = proxy.clone();
                 let state = state.clone();
                 state.request_arrived();
+                if req.version() == http::Version::HTTP_2 {
+                    activity.multiplexed();
+                }
                 let busy = activity.request_started();
                 // Boxed: hyper keeps a slot the size of this future for
                 // each connection, idle or not.
