@@ -225,3 +225,26 @@ async fn upgraded_connections_hold_their_place_under_the_backend_cap() {
     .expect("a place frees once a tunnel closes");
     exchange(&mut c, 1).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_connection_counts_as_open_until_its_tunnel_ends() {
+    // Its socket is still the client's: it keeps its place under
+    // limits.max_connections (and in a drain) while the tunnel runs.
+    let backends = ws_backends().await;
+    let proxy = spawn_proxy(&ws_config_text(&backends, "", "")).await;
+    let open = "stickylb_connections_open{listener=\"http\"}";
+    let (mut ws, _) = ws_connect(proxy.addr, "alice").await;
+    exchange(&mut ws, 3).await;
+    assert_eq!(metric(&proxy.metrics_text().await, open), Some(1.0));
+    ws.close(None).await.expect("close");
+    // The tunnel ends when the close has gone both ways; bounded wait.
+    let mut now_open = None;
+    for _ in 0..100 {
+        now_open = metric(&proxy.metrics_text().await, open);
+        if now_open == Some(0.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(now_open, Some(0.0), "the connection closed with its tunnel");
+}

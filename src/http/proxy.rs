@@ -52,6 +52,10 @@ pub struct ConnState {
     /// Whether a request head has arrived on the connection; an atomic,
     /// set by request tasks and read by the connection's timer.
     seen_request: AtomicBool,
+    /// Upgraded (WebSocket) tunnels running on the connection's socket: the
+    /// connection counts as open, and drains, until they end. A mutex taken
+    /// once per upgrade.
+    tunnels: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl ConnState {
@@ -72,6 +76,11 @@ impl ConnState {
     /// Whether any request head has arrived.
     pub fn seen_request(&self) -> bool {
         self.seen_request.load(Ordering::Relaxed)
+    }
+
+    /// The tunnels started on the connection, to wait for.
+    pub fn take_tunnels(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        std::mem::take(&mut *self.tunnels.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn sticky_id(&self) -> &GeneratedId {
@@ -357,7 +366,12 @@ impl Proxy {
             if let Either::Left(streamed) = resp.body_mut() {
                 tunnel.log = streamed.log.take();
             }
-            tokio::spawn(tunnel.run());
+            let running = tokio::spawn(tunnel.run());
+            state
+                .tunnels
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(running);
         }
         resp
     }

@@ -354,6 +354,11 @@ impl Connection {
                             self.proxy.parser_rejected(e, peer);
                         }
                     }
+                    // An upgraded connection stays open (its place under
+                    // max_connections, the drain) until its tunnel ends.
+                    for tunnel in state.take_tunnels() {
+                        let _ = tunnel.await;
+                    }
                     return;
                 }
                 changed = self.phase.changed() => {
