@@ -1,7 +1,8 @@
 # Sourced by the load scripts here: a temp dir, three NGINX `return 200`
 # backends on free loopback ports ($b1 $b2 $b3), two more free ports for
-# the proxy ($lp, $ap), and a trap that stops everything started (by PID,
-# from $pids) and removes the temp dir.
+# the proxy ($lp, $ap), a stickylb config for them in $tmp/stickylb.toml
+# (more sections from `stickylb_config EXTRA`), and a trap that stops
+# everything started (by PID, from $pids) and removes the temp dir.
 command -v nginx > /dev/null || { echo "$0: needs nginx for the backends" >&2; exit 2; }
 tmp="$(mktemp -d)"
 pids=()
@@ -30,3 +31,26 @@ http {
 CONF
 nginx -c "$tmp/nginx.conf" -p "$tmp" > /dev/null 2>&1 &
 pids+=($!)
+
+# Writes $tmp/stickylb.toml: listen on $lp, admin on $ap, key from
+# X-Client-Id, the three backends; $1 adds sections.
+stickylb_config() {
+  cat > "$tmp/stickylb.toml" <<CONF
+[listen]
+address = "127.0.0.1:$lp"
+[admin]
+address = "127.0.0.1:$ap"
+[routing]
+key = ["header:x-client-id"]
+${1:-}
+[[backend]]
+name = "backend-1"
+address = "127.0.0.1:$b1"
+[[backend]]
+name = "backend-2"
+address = "127.0.0.1:$b2"
+[[backend]]
+name = "backend-3"
+address = "127.0.0.1:$b3"
+CONF
+}

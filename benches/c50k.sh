@@ -13,26 +13,9 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 n="${1:-50000}"
 shift || true
 . "$here/benches/backends.sh"
-cat > "$tmp/stickylb.toml" <<CONF
-[listen]
-address = "127.0.0.1:$lp"
-[admin]
-address = "127.0.0.1:$ap"
-[routing]
-key = ["header:x-client-id"]
-[limits]
+stickylb_config "[limits]
 max_connections = $((n + 1000))
-max_backend_connections = 256
-[[backend]]
-name = "backend-1"
-address = "127.0.0.1:$b1"
-[[backend]]
-name = "backend-2"
-address = "127.0.0.1:$b2"
-[[backend]]
-name = "backend-3"
-address = "127.0.0.1:$b3"
-CONF
+max_backend_connections = 256"
 RUST_LOG="${RUST_LOG:-warn}" "${STICKYLB_BIN:-$here/target/release/stickylb}" \
   --threads "${STICKYLB_THREADS:-1}" --config "$tmp/stickylb.toml" run &
 proxy=$!

@@ -18,23 +18,7 @@ conns="${2:-64}"
 bin="${STICKYLB_BIN:-$here/target/profiling/stickylb}"
 lua="$here/../shared/bench/hash_keys.lua"
 . "$here/benches/backends.sh"
-cat > "$tmp/stickylb.toml" <<CONF
-[listen]
-address = "127.0.0.1:$lp"
-[admin]
-address = "127.0.0.1:$ap"
-[routing]
-key = ["header:x-client-id"]
-[[backend]]
-name = "b1"
-address = "127.0.0.1:$b1"
-[[backend]]
-name = "b2"
-address = "127.0.0.1:$b2"
-[[backend]]
-name = "b3"
-address = "127.0.0.1:$b3"
-CONF
+stickylb_config
 valgrind --tool=callgrind --callgrind-out-file="$PWD/$out.cg" --instr-atstart=no \
   "$bin" --threads 1 -c "$tmp/stickylb.toml" run > "$tmp/stickylb.log" 2>&1 &
 vg=$!

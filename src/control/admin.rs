@@ -101,18 +101,11 @@ async fn serve(
         inner: stream,
         watch: activity.clone(),
     };
-    // Set by the service, read by the timer below.
-    let seen = Arc::new(AtomicBool::new(false));
     let service = {
-        let seen = seen.clone();
         let activity = activity.clone();
         service_fn(move |req| {
-            seen.store(true, Ordering::Relaxed);
-            if req.version() == http::Version::HTTP_2 {
-                activity.multiplexed();
-            }
             // Answered at once: in progress only while it is made.
-            let _busy = activity.request_started();
+            let _busy = activity.request_arrived(req.version());
             let admin = admin.clone();
             let answer = admin.answer(&req);
             async move { Ok::<_, Infallible>(answer) }
@@ -130,8 +123,7 @@ async fn serve(
     // must be over by then (an HTTP/2 client may never answer).
     let mut closing_by = None;
     loop {
-        let deadline =
-            closing_by.unwrap_or_else(|| deadlines.next(&activity, seen.load(Ordering::Relaxed)));
+        let deadline = closing_by.unwrap_or_else(|| deadlines.next(&activity));
         tokio::select! {
             res = conn.as_mut() => {
                 if let Err(e) = res {
@@ -144,7 +136,7 @@ async fn serve(
                     return;
                 }
                 // Read again: a request may have come while the timer ran.
-                match deadlines.expired(&activity, seen.load(Ordering::Relaxed)) {
+                match deadlines.expired(&activity) {
                     Some(Expiry::HeaderRead) => return,
                     Some(Expiry::Idle) => {
                         conn.as_mut().graceful_shutdown();

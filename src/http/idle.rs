@@ -26,6 +26,8 @@ pub struct Activity {
     /// HTTP/2: bytes between requests are frames (PING, WINDOW_UPDATE),
     /// not a head on its way; only `idle` applies between requests.
     multiplexed: AtomicBool,
+    /// Whether a complete request head has arrived on the connection.
+    seen_request: AtomicBool,
 }
 
 impl Default for Activity {
@@ -42,6 +44,7 @@ impl Activity {
             busy: AtomicU32::new(0),
             head_millis: AtomicU64::new(0),
             multiplexed: AtomicBool::new(false),
+            seen_request: AtomicBool::new(false),
         }
     }
 
@@ -67,15 +70,26 @@ impl Activity {
         }
     }
 
-    /// Marks the connection as HTTP/2 (see `multiplexed`).
-    pub fn multiplexed(&self) {
-        if !self.multiplexed.load(Ordering::Relaxed) {
+    /// A complete request head of `version` arrived: the request counts as
+    /// in progress until the returned guard is dropped (at the end of its
+    /// response).
+    pub fn request_arrived(self: &Arc<Self>, version: http::Version) -> Busy {
+        if !self.seen_request.load(Ordering::Relaxed) {
+            self.seen_request.store(true, Ordering::Relaxed);
+        }
+        if version == http::Version::HTTP_2 && !self.multiplexed.load(Ordering::Relaxed) {
             self.multiplexed.store(true, Ordering::Relaxed);
         }
+        self.request_started()
     }
 
-    /// A complete request head arrived: the request counts as in progress
-    /// until the returned guard is dropped (at the end of its response).
+    /// Whether a complete request head has arrived on the connection.
+    pub fn seen_request(&self) -> bool {
+        self.seen_request.load(Ordering::Relaxed)
+    }
+
+    /// More of a request in progress (its body, which may still be arriving
+    /// after the response), until the returned guard is dropped.
     pub fn request_started(self: &Arc<Self>) -> Busy {
         self.busy.fetch_add(1, Ordering::Relaxed);
         self.head_millis.store(0, Ordering::Relaxed);
@@ -231,10 +245,9 @@ pub enum Expiry {
 
 impl Deadlines {
     /// When the connection's time is up, and why, if nothing changes;
-    /// `None` while a request is in progress. `seen_request`: whether a
-    /// request head has arrived on the connection.
-    fn due(&self, activity: &Activity, seen_request: bool) -> Option<(Instant, Expiry)> {
-        if !seen_request {
+    /// `None` while a request is in progress.
+    fn due(&self, activity: &Activity) -> Option<(Instant, Expiry)> {
+        if !activity.seen_request() {
             return Some((self.accepted + self.header_read, Expiry::HeaderRead));
         }
         if activity.busy() {
@@ -249,9 +262,10 @@ impl Deadlines {
     /// The next instant to look again: the deadline, or while a request is
     /// in progress, `idle` from now (its end is not signalled here); while
     /// waiting for a request, at most `header_read` from now.
-    pub fn next(&self, activity: &Activity, seen_request: bool) -> Instant {
+    pub fn next(&self, activity: &Activity) -> Instant {
         let now = Instant::now();
-        match self.due(activity, seen_request) {
+        let seen_request = activity.seen_request();
+        match self.due(activity) {
             // The first request may come and go while the timer waits for
             // the head deadline; when `idle` is the shorter, look again at
             // its first possible expiry too.
@@ -272,8 +286,8 @@ impl Deadlines {
     }
 
     /// Whether the connection's time is up now, and why.
-    pub fn expired(&self, activity: &Activity, seen_request: bool) -> Option<Expiry> {
-        self.due(activity, seen_request)
+    pub fn expired(&self, activity: &Activity) -> Option<Expiry> {
+        self.due(activity)
             .filter(|(at, _)| *at <= Instant::now())
             .map(|(_, why)| why)
     }

@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use hyper::body::{Body, Frame, SizeHint};
 use prometheus::IntCounter;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -49,9 +49,6 @@ pub struct ConnState {
     /// `OnceLock` so parallel HTTP/2 streams agree on one, made only when
     /// the first key-less request needs it.
     sticky_id: OnceLock<GeneratedId>,
-    /// Whether a request head has arrived on the connection; an atomic,
-    /// set by request tasks and read by the connection's timer.
-    seen_request: AtomicBool,
     /// Upgraded (WebSocket) tunnels running on the connection's socket: the
     /// connection counts as open, and drains, until they end. A mutex taken
     /// once per upgrade.
@@ -64,18 +61,6 @@ impl ConnState {
             activity: Some(activity),
             ..ConnState::default()
         }
-    }
-
-    /// Notes that a request head arrived (written once per connection).
-    pub fn request_arrived(&self) {
-        if !self.seen_request.load(Ordering::Relaxed) {
-            self.seen_request.store(true, Ordering::Relaxed);
-        }
-    }
-
-    /// Whether any request head has arrived.
-    pub fn seen_request(&self) -> bool {
-        self.seen_request.load(Ordering::Relaxed)
     }
 
     /// The tunnels started on the connection, to wait for.

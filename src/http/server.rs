@@ -318,11 +318,7 @@ impl Connection {
             service_fn(move |req| {
                 let proxy = proxy.clone();
                 let state = state.clone();
-                state.request_arrived();
-                if req.version() == http::Version::HTTP_2 {
-                    activity.multiplexed();
-                }
-                let busy = activity.request_started();
+                let busy = activity.request_arrived(req.version());
                 // Boxed: hyper keeps a slot the size of this future for
                 // each connection, idle or not.
                 Box::pin(async move {
@@ -344,8 +340,7 @@ impl Connection {
         // must be over by then (an HTTP/2 client may never answer).
         let mut closing_by = None;
         loop {
-            let deadline =
-                closing_by.unwrap_or_else(|| deadlines.next(&activity, state.seen_request()));
+            let deadline = closing_by.unwrap_or_else(|| deadlines.next(&activity));
             tokio::select! {
                 res = conn.as_mut() => {
                     if let Err(e) = res {
@@ -376,7 +371,7 @@ impl Connection {
                         tracing::debug!(%peer, "closing connection: its graceful close took longer than {:?}", deadlines.header_read);
                         return;
                     }
-                    match deadlines.expired(&activity, state.seen_request()) {
+                    match deadlines.expired(&activity) {
                         Some(Expiry::HeaderRead) => {
                             tracing::debug!(%peer, "closing connection: no complete request head within {:?}", deadlines.header_read);
                             return;

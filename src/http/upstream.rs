@@ -10,8 +10,10 @@
 //! dispatcher) is polled by the task that is using it, the client
 //! connection's, alongside the response it waits for and then the body it
 //! streams. A request thus costs no wake-up of another task and no
-//! channel hop back. An idle connection is polled once when it is taken
-//! from the pool, which reads a close the backend sent meanwhile.
+//! channel hop back. An idle connection is not watched: a close the
+//! backend sent meanwhile is read by the first poll of its I/O after it is
+//! taken from the pool, before the request is written, and the request
+//! comes back unsent.
 //!
 //! A reused connection may have been closed by the backend just as the
 //! request went out (the keep-alive race, RFC 9112 §9.3.1). Each
@@ -536,11 +538,11 @@ impl Conn {
                 }
                 let body = UpstreamBody {
                     inner: body,
-                    link: Some(Box::new(Streaming {
+                    link: Some(Streaming {
                         link,
                         pool: pool.clone(),
                         idle_for,
-                    })),
+                    }),
                 };
                 Ok(Response::from_parts(parts, body))
             }
@@ -604,7 +606,7 @@ pub struct UpstreamBody {
     inner: Incoming,
     /// `None` when the connection went back before the body (an empty
     /// one) or was handed to a tunnel.
-    link: Option<Box<Streaming>>,
+    link: Option<Streaming>,
 }
 
 impl Body for UpstreamBody {
