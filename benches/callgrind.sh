@@ -9,8 +9,10 @@
 #
 # Needs nginx, valgrind and wrk. Prints "OUT: N requests, I instructions,
 # I/N per request"; OUT.cg.1 is the profile (callgrind_annotate OUT.cg.1).
-# STICKYLB_BIN overrides the binary. Everything started here is stopped
-# by PID.
+# STICKYLB_BIN overrides the binary; CALLGRIND_FLAGS adds valgrind flags
+# (for example "--cache-sim=yes --LL=1048576,16,64" simulates a 1 MiB
+# per-core last-level cache: misses per request by function). Everything
+# started here is stopped by PID.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 out="${1:-callgrind}"
@@ -19,7 +21,8 @@ bin="${STICKYLB_BIN:-$here/target/profiling/stickylb}"
 lua="$here/../shared/bench/hash_keys.lua"
 . "$here/benches/backends.sh"
 stickylb_config
-valgrind --tool=callgrind --callgrind-out-file="$PWD/$out.cg" --instr-atstart=no \
+# shellcheck disable=SC2086
+valgrind --tool=callgrind --callgrind-out-file="$PWD/$out.cg" --instr-atstart=no ${CALLGRIND_FLAGS:-} \
   "$bin" --threads 1 -c "$tmp/stickylb.toml" run > "$tmp/stickylb.log" 2>&1 &
 vg=$!
 pids+=($vg)

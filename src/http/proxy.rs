@@ -8,7 +8,7 @@ use crate::config::{Log, LogFormat};
 use crate::http::body::{BodyProgress, ClientBody, RequestBody};
 use crate::http::error::{ProxyError, UpstreamErrorKind};
 use crate::http::idle::{self, Activity, Busy, Tracked};
-use crate::http::upstream::{Conn, ConnectError, SendError, UpstreamBody};
+use crate::http::upstream::{ConnectError, SendError, UpstreamBody};
 use crate::http::wire;
 use crate::observe::access_log::{AccessLog, Entry};
 use crate::observe::metrics::{Metrics, PROXY_RESPONSE_CAUSES};
@@ -22,9 +22,11 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::body::{Body, Frame, SizeHint};
 use prometheus::IntCounter;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// What the proxy answers with: the backend's streamed body, or a short
@@ -194,13 +196,44 @@ impl Proxy {
         &self.metrics
     }
 
-    /// Serves one client request.
-    pub async fn handle(
+    /// Serves one client request. Phases key, pick and rewrite run now;
+    /// forward and finish in the returned future, unless the proxy answers
+    /// at once. `busy` (the client connection's request in progress) is
+    /// held until the response body has been sent.
+    pub fn handle(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+        state: &Arc<ConnState>,
+        busy: Busy,
+    ) -> Reply {
+        let mut job = match self.prepare(req, conn, state) {
+            Ok(job) => job,
+            Err(resp) => return Reply::Now(Some(resp)),
+        };
+        let proxy = self.clone();
+        let state = state.clone();
+        // The request lives in `job`, once: the futures below it borrow it.
+        Reply::Forwarding(Box::pin(async move {
+            let forwarded = proxy.forward(&mut job).await;
+            let mut resp = proxy.answer(job, forwarded, &state);
+            if let Either::Left(streamed) = resp.body_mut() {
+                streamed.hold(busy);
+            }
+            resp
+        }))
+    }
+
+    /// Phases key, pick and rewrite: the upstream request and its backend,
+    /// or the proxy's own answer (counted and logged by finish).
+    // The answer is as large as the job: no reason to box either.
+    #[allow(clippy::result_large_err)]
+    fn prepare(
         &self,
         mut req: Request<Incoming>,
         conn: ConnInfo,
         state: &ConnState,
-    ) -> Response<ProxyBody> {
+    ) -> Result<Job, Response<ProxyBody>> {
         let start = Instant::now();
         // An upgrade keeps its `Upgrade` value; the client side's upgraded
         // stream is taken before the request moves on.
@@ -236,7 +269,7 @@ impl Proxy {
                 }
                 done.error = Some(e);
                 done.log = Some(self.router.load().log);
-                return self.finish(resp, done);
+                return Err(self.finish(resp, done));
             }
         };
         done.log = Some(picked.log);
@@ -267,20 +300,36 @@ impl Proxy {
             }
             (RequestBody::Client(body), Some(progress))
         };
-        let req = Request::from_parts(parts, body);
-        let exchange = Exchange {
-            hash: picked.hash,
-            fall: picked.fall,
-            response_timeout: picked.response_timeout,
-            body: progress.as_deref(),
+        Ok(Job {
+            req: Some(Request::from_parts(parts, body)),
+            picked,
+            done,
+            upgrade,
+            progress,
+            client_version,
             fallback_host,
-        };
-        let result = self.forward(req, picked.in_flight, exchange).await;
+            scheme: conn.scheme,
+        })
+    }
+
+    /// Phases response rewrite and finish: the backend's response (or the
+    /// proxy's answer for why there is none) as the client gets it; an
+    /// accepted upgrade starts its tunnel.
+    fn answer(&self, job: Job, forwarded: Forwarded, state: &ConnState) -> Response<ProxyBody> {
+        let Job {
+            picked,
+            mut done,
+            upgrade,
+            progress,
+            client_version,
+            scheme,
+            ..
+        } = job;
         done.body = progress;
         let path = done.path.as_ref().map_or("/", |p| p.path());
         let mut tunnel = None;
-        let (mut resp, backend) = match result {
-            Ok((resp, backend, _))
+        let (mut resp, backend) = match forwarded {
+            Ok((resp, backend))
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_none() =>
             {
                 let e = ProxyError::UnaskedUpgrade;
@@ -289,7 +338,7 @@ impl Proxy {
                 done.error = Some(e);
                 (error_response(e), backend)
             }
-            Ok((resp, backend, _))
+            Ok((resp, backend))
                 if client_version != http::Version::HTTP_11
                     && wire::has_other_codings(resp.headers()) =>
             {
@@ -298,7 +347,7 @@ impl Proxy {
                 done.error = Some(e);
                 (error_response(e), backend)
             }
-            Ok((mut resp, backend, in_flight)) => {
+            Ok((mut resp, backend)) => {
                 let mut protocol = None;
                 if let Some((_, client)) = upgrade {
                     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -320,7 +369,7 @@ impl Proxy {
                 }
                 let body = Streamed {
                     body,
-                    _in_flight: in_flight,
+                    _in_flight: picked.in_flight,
                     log: None,
                     busy: None,
                 };
@@ -341,7 +390,7 @@ impl Proxy {
             }
         };
         if let Some((cookie, id)) = &picked.set_cookie {
-            set_cookie(resp.headers_mut(), cookie, id, conn.scheme == "https");
+            set_cookie(resp.headers_mut(), cookie, id, scheme == "https");
         }
         done.backend = Some(backend);
         let mut resp = self.finish(resp, done);
@@ -558,20 +607,26 @@ impl Proxy {
     /// backend had closed it (given back unsent, or an idempotent request
     /// without a body answered with no byte), goes once more on a fresh
     /// connection. Nothing else is sent twice.
-    async fn forward(
-        &self,
-        mut req: Request<RequestBody>,
-        mut in_flight: InFlight,
-        x: Exchange<'_>,
-    ) -> Result<(Response<UpstreamBody>, Arc<Backend>, InFlight), (ProxyError, Arc<Backend>)> {
-        let mut backend = in_flight.backend().clone();
+    ///
+    /// The request stays in `job` (its future holds no copy of it): taken
+    /// when handed to a connection, given back if unsent, or replaced by
+    /// the copy to send again after the keep-alive race.
+    async fn forward(&self, job: &mut Job) -> Forwarded {
+        let mut backend = job.picked.in_flight.backend().clone();
         let mut moved_on = false;
         let mut fresh = false;
         loop {
-            let conn = if fresh {
-                backend.pool.local().connect().await
+            let ready = if fresh {
+                None
             } else {
-                backend.pool.local().acquire().await
+                backend.pool.local().take_ready()
+            };
+            // The slower ways to a connection (connect, wait at the cap)
+            // are boxed futures of their own, so that this one stays small.
+            let conn = match ready {
+                Some(conn) => Ok(conn),
+                None if fresh => Box::pin(backend.pool.local().connect()).await,
+                None => Box::pin(backend.pool.local().acquire()).await,
             };
             let conn = match conn {
                 Ok(c) => c,
@@ -581,55 +636,71 @@ impl Proxy {
                     return Err((ProxyError::LocalResources, backend));
                 }
                 Err(e) => {
-                    self.connect_failed(&backend, x.fall, &e);
+                    self.connect_failed(&backend, job.picked.fall, &e);
                     let next = if moved_on {
                         None
                     } else {
-                        self.next_backend(x.hash, &backend)
+                        self.next_backend(job.picked.hash, &backend)
                     };
                     match next {
                         Some(next) => {
                             moved_on = true;
                             self.failover.inc();
                             backend = next.backend().clone();
-                            if x.fallback_host {
+                            if let (true, Some(req)) = (job.fallback_host, &mut job.req) {
                                 req.headers_mut().insert(header::HOST, backend.host.clone());
                             }
-                            in_flight = next;
+                            job.picked.in_flight = next;
                             continue;
                         }
                         None => return Err((ProxyError::Connect, backend)),
                     }
                 }
             };
-            // The keep-alive race can only take a request on a reused
-            // connection; keep what it takes to send such a request again.
-            let replay = (conn.reused() && !fresh)
-                .then(|| replayable(&req))
-                .flatten();
-            let failed = match x.send(conn, req, backend.pool.local()).await {
-                Ok(resp) => return Ok((resp, backend, in_flight)),
+            // In a block: the request and the connection are gone into
+            // the future before it is awaited, and take no room in this one.
+            let sending = {
+                let conn = conn;
+                let Some(req) = job.req.take() else {
+                    // Not reached: the request is back in `job` whenever the
+                    // loop goes round.
+                    return Err((ProxyError::Protocol, backend));
+                };
+                // The keep-alive race can only take a request on a reused
+                // connection; keep what it takes to send such a request
+                // again.
+                if conn.reused() && !fresh {
+                    job.req = replayable(&req);
+                }
+                Timed {
+                    sending: conn.send(req, backend.pool.local()),
+                    deadline: tokio::time::sleep(job.picked.response_timeout),
+                    period: job.picked.response_timeout,
+                    body: job.progress.as_deref(),
+                    client_was_sending: false,
+                }
+            };
+            let sent = sending.await;
+            let failed = match sent {
+                Ok(resp) => return Ok((resp, backend)),
                 Err(failed) => failed,
             };
-            match (failed, replay) {
-                (Sent::Error(SendError::NotSent(unsent)), _) if !fresh => {
-                    req = *unsent;
+            match failed {
+                Sent::Error(SendError::NotSent(unsent)) if !fresh => {
+                    job.req = Some(*unsent);
                 }
-                (
-                    Sent::Error(SendError::Failed {
-                        unanswered_reuse: true,
-                        ..
-                    }),
-                    Some(copy),
-                ) => {
+                Sent::Error(SendError::Failed {
+                    unanswered_reuse: true,
+                    ..
+                }) if job.req.is_some() => {
                     tracing::debug!(
                         backend = &*backend.name,
                         "the backend closed a reused connection under a request: sending it again on a new connection"
                     );
-                    req = copy;
                 }
-                (failed, _) => {
-                    let e = match (x.body.and_then(BodyProgress::fault), failed) {
+                failed => {
+                    let progress = job.progress.as_deref();
+                    let e = match (progress.and_then(BodyProgress::fault), failed) {
                         (Some(fault), _) => ProxyError::from(fault),
                         (None, Sent::TimedOut) => ProxyError::Timeout,
                         (None, Sent::Error(e)) => {
@@ -693,15 +764,55 @@ fn local_shortage(backend: &Backend, e: &std::io::Error) {
     }
 }
 
-/// What `forward` needs besides the request: the key's hash (for the
-/// next backend), passive health, the response timeout, the client body's
-/// progress, and whether `Host` is the backend's own address.
-struct Exchange<'a> {
-    hash: u64,
-    fall: Option<u32>,
-    response_timeout: Duration,
-    body: Option<&'a BodyProgress>,
+/// A request on its way to a backend: what phases key, pick and rewrite
+/// made of it, carried through forward and finish.
+struct Job {
+    /// The upstream request; `None` while a connection has it (unless a
+    /// copy to send again after the keep-alive race was kept).
+    req: Option<Request<RequestBody>>,
+    picked: Picked,
+    done: Done,
+    /// The protocol asked for (`Upgrade`) and the client side's upgraded
+    /// stream, once the `101` is sent.
+    upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
+    /// The client body's progress, if it has one.
+    progress: Option<Arc<BodyProgress>>,
+    client_version: http::Version,
+    /// Whether `Host` is the backend's own address (set again on failover).
     fallback_host: bool,
+    /// `http` or `https`: the client connection's.
+    scheme: &'static str,
+}
+
+/// The backend's response head and the backend that sent it, or why there
+/// is none and the backend last tried.
+type Forwarded = Result<(Response<UpstreamBody>, Arc<Backend>), (ProxyError, Arc<Backend>)>;
+
+/// The answer to one request, as hyper's service future: at once when the
+/// proxy answers itself (nothing allocated), else the forwarding future,
+/// boxed (hyper keeps a slot the size of its service future in every
+/// connection, idle or not).
+// The proxy's own answer inline (272 bytes per connection) so that it
+// needs no allocation.
+#[allow(clippy::large_enum_variant)]
+pub enum Reply {
+    Now(Option<Response<ProxyBody>>),
+    Forwarding(std::pin::Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>>),
+}
+
+impl Future for Reply {
+    type Output = Result<Response<ProxyBody>, std::convert::Infallible>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Reply::Now(resp) => match resp.take() {
+                Some(resp) => Poll::Ready(Ok(resp)),
+                // Polled again after its answer: nothing left to give.
+                None => Poll::Pending,
+            },
+            Reply::Forwarding(fut) => fut.as_mut().poll(cx).map(Ok),
+        }
+    }
 }
 
 /// How one attempt to send a request ended without a response.
@@ -710,33 +821,43 @@ enum Sent {
     TimedOut,
 }
 
-impl Exchange<'_> {
-    /// Sends `req` on `conn` and waits for the response head. The backend
-    /// has `response_timeout` to answer; while the client is still sending
-    /// its body, the clock is the client's (its own read timeout applies),
-    /// and the backend's full period starts again once the body is in.
-    async fn send(
-        &self,
-        conn: Conn,
-        req: Request<RequestBody>,
-        pool: &Arc<crate::http::upstream::Pool>,
-    ) -> Result<Response<UpstreamBody>, Sent> {
-        let send = conn.send(req, pool);
-        tokio::pin!(send);
-        let mut deadline = tokio::time::Instant::now() + self.response_timeout;
-        let mut client_was_sending = false;
+pin_project_lite::pin_project! {
+    /// A request sent, until its response head is in. The backend has
+    /// `period` (`timeouts.response_headers`) to answer; while the client
+    /// is still sending its body, the clock is the client's (its own read
+    /// timeout applies), and the backend's full period starts again once
+    /// the body is in.
+    struct Timed<'a, F> {
+        #[pin]
+        sending: F,
+        #[pin]
+        deadline: tokio::time::Sleep,
+        period: Duration,
+        body: Option<&'a BodyProgress>,
+        client_was_sending: bool,
+    }
+}
+
+impl<F> Future for Timed<'_, F>
+where
+    F: Future<Output = Result<Response<UpstreamBody>, SendError>>,
+{
+    type Output = Result<Response<UpstreamBody>, Sent>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(res) = this.sending.poll(cx) {
+            return Poll::Ready(res.map_err(Sent::Error));
+        }
         loop {
-            match tokio::time::timeout_at(deadline, &mut send).await {
-                Ok(res) => return res.map_err(Sent::Error),
-                Err(_) => {
-                    let sending = self.body.is_some_and(BodyProgress::sending);
-                    if !sending && !client_was_sending {
-                        return Err(Sent::TimedOut);
-                    }
-                    client_was_sending = sending;
-                    deadline = tokio::time::Instant::now() + self.response_timeout;
-                }
+            std::task::ready!(this.deadline.as_mut().poll(cx));
+            let sending = this.body.is_some_and(BodyProgress::sending);
+            if !sending && !*this.client_was_sending {
+                return Poll::Ready(Err(Sent::TimedOut));
             }
+            *this.client_was_sending = sending;
+            let next = tokio::time::Instant::now() + *this.period;
+            this.deadline.as_mut().reset(next);
         }
     }
 }

@@ -9,7 +9,6 @@ use crate::http::proxy_protocol;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -192,7 +191,7 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve(mut self, mut stream: TcpStream, mut peer: SocketAddr, how: Listening) {
+    async fn serve(self, mut stream: TcpStream, mut peer: SocketAddr, how: Listening) {
         let accepted = Instant::now();
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, "set_nodelay: {e}");
@@ -238,27 +237,43 @@ impl Connection {
                     tracing::warn!(%peer, "TLS listener without a certificate: closing");
                     return;
                 };
-                let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(tracked);
-                let stream = tokio::select! {
-                    res = tokio::time::timeout(timeouts.client_header_read, handshake) => match res {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, "TLS handshake failed: {e}");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    },
-                    _ = self.phase.wait_for(|p| *p == Phase::Drain) => return,
-                };
-                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                let io = TokioIo::new(stream);
-                self.serve_http(io, peer, "https", Some(h2), activity, deadlines, limits)
-                    .await;
+                // Boxed: the handshake's and TLS stream's state would make
+                // every plain connection's future twice its size.
+                Box::pin(self.serve_tls(tracked, tls, peer, activity, deadlines, limits)).await;
             }
         }
+    }
+
+    /// The TLS handshake, within `client_header_read` (given up at once in
+    /// a drain), then HTTP on the stream with the protocol ALPN chose.
+    async fn serve_tls(
+        mut self,
+        tracked: Tracked<TcpStream>,
+        tls: Arc<rustls::ServerConfig>,
+        peer: SocketAddr,
+        activity: Arc<Activity>,
+        deadlines: Deadlines,
+        limits: Limits,
+    ) {
+        let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(tracked);
+        let stream = tokio::select! {
+            res = tokio::time::timeout(deadlines.header_read, handshake) => match res {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, "TLS handshake failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            },
+            _ = self.phase.wait_for(|p| *p == Phase::Drain) => return,
+        };
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        let io = TokioIo::new(stream);
+        self.serve_http(io, peer, "https", Some(h2), activity, deadlines, limits)
+            .await;
     }
 
     /// Serves HTTP on an established stream; `alpn_h2` is what ALPN chose
@@ -316,20 +331,8 @@ impl Connection {
             let state = state.clone();
             let activity = activity.clone();
             service_fn(move |req| {
-                let proxy = proxy.clone();
-                let state = state.clone();
                 let busy = activity.request_arrived(req.version());
-                // Boxed: hyper keeps a slot the size of this future for
-                // each connection, idle or not.
-                Box::pin(async move {
-                    let mut resp = proxy.handle(req, info, &state).await;
-                    // In progress until the backend's body has been sent;
-                    // a short answer of the proxy's own goes at once.
-                    if let http_body_util::Either::Left(streamed) = resp.body_mut() {
-                        streamed.hold(busy);
-                    }
-                    Ok::<_, Infallible>(resp)
-                })
+                proxy.handle(req, info, &state, busy)
             })
         };
         let conn = builder.serve_connection_with_upgrades(io, service);

@@ -322,6 +322,20 @@ impl Pool {
         self.get(true).await
     }
 
+    /// The most recently used idle connection if it is ready for a request
+    /// now, without waiting: the common case, taken with no future. `None`
+    /// leaves the slower cases (none idle, one to drop or to wait for) to
+    /// `acquire`.
+    pub fn take_ready(&self) -> Option<Conn> {
+        let mut idle = self.lock();
+        let top = idle.conns.last()?;
+        if !top.link.tx.is_ready() || top.expires <= Instant::now() {
+            return None;
+        }
+        let Idle { link, .. } = idle.conns.pop()?;
+        Some(Conn { link, reused: true })
+    }
+
     /// A new connection, never a pooled one (to send again a request that a
     /// pooled connection failed to carry); waits at the cap like `acquire`.
     pub async fn connect(&self) -> Result<Conn, ConnectError> {
@@ -489,72 +503,125 @@ impl Conn {
         self.reused
     }
 
-    /// Sends the request, driving the connection's I/O in the calling task
-    /// until the response head is in; the response body, once read to its
-    /// end, returns the connection to `pool`.
-    pub async fn send(
+    /// Hands the request to the connection at once (no await: the request
+    /// is not kept in the caller's future) and returns the future of the
+    /// response head, which drives the connection's I/O in the calling
+    /// task. The response body, once read to its end, returns the
+    /// connection to `pool`.
+    pub fn send(
         self,
         req: Request<RequestBody>,
         pool: &Arc<Pool>,
-    ) -> Result<Response<UpstreamBody>, SendError> {
+    ) -> Sending<'_, impl Future<Output = Answered>> {
         let Conn { mut link, reused } = self;
         let read_before = link.bytes_read.load(Ordering::Relaxed);
-        let sending = link.tx.try_send_request(req);
-        tokio::pin!(sending);
-        // The I/O first: it writes the request and reads the answer, which
-        // the response future then finds without another wake-up.
-        let res = std::future::poll_fn(|cx| {
-            link.poll_io(cx);
-            sending.as_mut().poll(cx)
-        })
-        .await;
-        match res {
-            Ok(resp) => {
-                let (parts, body) = resp.into_parts();
-                if parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
-                    // The tunnel takes the socket over once the dispatcher
-                    // has read the `101` to its end.
-                    link.spawn_to_end();
-                    let body = UpstreamBody {
-                        inner: body,
-                        link: None,
-                    };
-                    return Ok(Response::from_parts(parts, body));
-                }
-                let idle_for = if keeps_alive(&parts) {
-                    pool.idle_for(&parts.headers)
-                } else {
-                    Duration::ZERO
-                };
-                if body.is_end_stream() && !idle_for.is_zero() {
-                    // An empty body may never be polled: hand the
-                    // connection back now.
-                    pool.release(link, idle_for);
-                    let body = UpstreamBody {
-                        inner: body,
-                        link: None,
-                    };
-                    return Ok(Response::from_parts(parts, body));
-                }
+        let response = link.tx.try_send_request(req);
+        Sending {
+            link: Some(link),
+            response,
+            pool,
+            reused,
+            read_before,
+        }
+    }
+}
+
+/// What hyper's dispatcher answers for one request.
+type Answered = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<RequestBody>>>;
+
+pin_project_lite::pin_project! {
+    /// A request handed to a backend connection, until its response head
+    /// is in (`Conn::send`). Polling it polls the connection's I/O first,
+    /// which writes the request and reads the answer, so the response is
+    /// found without another wake-up.
+    pub struct Sending<'a, F> {
+        link: Option<Link>,
+        #[pin]
+        response: F,
+        pool: &'a Arc<Pool>,
+        reused: bool,
+        read_before: u64,
+    }
+}
+
+impl<F: Future<Output = Answered>> Future for Sending<'_, F> {
+    type Output = Result<Response<UpstreamBody>, SendError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Some(link) = this.link else {
+            // Polled again after its answer: nothing left to give.
+            return Poll::Pending;
+        };
+        link.poll_io(cx);
+        let res = std::task::ready!(this.response.poll(cx));
+        let Some(link) = this.link.take() else {
+            return Poll::Pending;
+        };
+        Poll::Ready(answered(
+            res,
+            link,
+            this.pool,
+            *this.reused,
+            *this.read_before,
+        ))
+    }
+}
+
+/// The response head (its body carrying the connection), or why there is
+/// none.
+fn answered(
+    res: Answered,
+    link: Link,
+    pool: &Arc<Pool>,
+    reused: bool,
+    read_before: u64,
+) -> Result<Response<UpstreamBody>, SendError> {
+    match res {
+        Ok(resp) => {
+            let (parts, body) = resp.into_parts();
+            if parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                // The tunnel takes the socket over once the dispatcher
+                // has read the `101` to its end.
+                link.spawn_to_end();
                 let body = UpstreamBody {
                     inner: body,
-                    link: Some(Streaming {
-                        link,
-                        pool: pool.clone(),
-                        idle_for,
-                    }),
+                    link: None,
                 };
-                Ok(Response::from_parts(parts, body))
+                return Ok(Response::from_parts(parts, body));
             }
-            Err(mut e) => match e.take_message() {
-                Some(req) => Err(SendError::NotSent(Box::new(req))),
-                None => Err(SendError::Failed {
-                    error: e.into_error(),
-                    unanswered_reuse: reused
-                        && link.bytes_read.load(Ordering::Relaxed) == read_before,
+            let idle_for = if keeps_alive(&parts) {
+                pool.idle_for(&parts.headers)
+            } else {
+                Duration::ZERO
+            };
+            if body.is_end_stream() && !idle_for.is_zero() {
+                // An empty body may never be polled: hand the
+                // connection back now.
+                pool.release(link, idle_for);
+                let body = UpstreamBody {
+                    inner: body,
+                    link: None,
+                };
+                return Ok(Response::from_parts(parts, body));
+            }
+            let body = UpstreamBody {
+                inner: body,
+                link: Some(Streaming {
+                    link,
+                    pool: pool.clone(),
+                    idle_for,
                 }),
-            },
+            };
+            Ok(Response::from_parts(parts, body))
         }
+        Err(mut e) => match e.take_message() {
+            Some(req) => Err(SendError::NotSent(Box::new(req))),
+            None => Err(SendError::Failed {
+                error: e.into_error(),
+                unanswered_reuse: reused && link.bytes_read.load(Ordering::Relaxed) == read_before,
+            }),
+        },
     }
 }
 
