@@ -834,3 +834,146 @@ async fn codings_beyond_chunked_reach_only_http11_clients() {
         .expect("request");
     assert_eq!(h2.send_request(req).await.expect("response").status(), 502);
 }
+
+/// A backend on a raw socket that reads one request head and then does
+/// what `then` says with the socket; its address.
+async fn raw_backend<F, Fut>(then: F) -> (SocketAddr, tokio::task::JoinHandle<()>)
+where
+    F: FnOnce(TcpStream, Vec<u8>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.expect("accept");
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::io::AsyncReadExt::read(&mut s, &mut chunk)
+                .await
+                .expect("read");
+            assert!(n > 0, "closed before a request head");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        then(s, buf).await;
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn after_a_slow_upload_the_backend_gets_its_whole_response_time() {
+    // response_headers = 400ms: the client takes 300 ms over its body, the
+    // backend answers 300 ms after the body is in. Timed from the head,
+    // the backend would have had 100 ms.
+    let (addr, backend) = raw_backend(|mut s, mut buf| async move {
+        let mut chunk = [0u8; 64];
+        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
+        while buf.len() < end + 2 {
+            let n = tokio::io::AsyncReadExt::read(&mut s, &mut chunk)
+                .await
+                .expect("read");
+            assert!(n > 0, "closed before the body");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .await
+            .expect("answer");
+        let _ = tokio::io::AsyncReadExt::read(&mut s, &mut chunk).await;
+    })
+    .await;
+    let config = config_for(
+        &[("rec", addr)],
+        "key = [\"header:x-client-id\"]",
+        "[timeouts]\nresponse_headers = \"400ms\"\nclient_body_read = \"5s\"",
+    );
+    let proxy = spawn_proxy(&config).await;
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\nContent-Length: 2\r\n\r\na")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.write_all(b"b").await.expect("write");
+    let r = read_response(&mut s, &mut Vec::new(), false).await;
+    assert_eq!(r.status_line(), "HTTP/1.1 200 OK");
+    assert_eq!(r.body, b"ok");
+    backend.abort();
+}
+
+#[tokio::test]
+async fn a_backend_that_stops_reading_an_upload_is_504_within_its_response_time() {
+    // The backend reads the head, then neither reads the body nor answers:
+    // the upload stalls on the backend's side, so its clock runs (as
+    // NGINX's proxy_send_timeout), whatever the client's body timeout.
+    let (addr, backend) = raw_backend(|s, _| async move {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(s);
+    })
+    .await;
+    let config = config_for(
+        &[("rec", addr)],
+        "key = [\"header:x-client-id\"]",
+        "[timeouts]\nresponse_headers = \"300ms\"\nclient_body_read = \"30s\"",
+    );
+    let proxy = spawn_proxy(&config).await;
+    let s = TcpStream::connect(proxy.addr).await.expect("connect");
+    let (mut rd, mut wr) = s.into_split();
+    const TOTAL: usize = 256 << 20;
+    let upload = tokio::spawn(async move {
+        let head = format!(
+            "POST /up HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\nContent-Length: {TOTAL}\r\n\r\n"
+        );
+        wr.write_all(head.as_bytes()).await.expect("head");
+        let chunk = vec![b'x'; 64 << 10];
+        // Blocks once the backend's and the proxy's buffers are full.
+        for _ in 0..TOTAL / chunk.len() {
+            if wr.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let head = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::io::AsyncReadExt::read(&mut rd, &mut chunk)
+                .await
+                .expect("read");
+            assert!(n > 0, "closed without an answer");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+    .await
+    .expect("an answer within 10 s");
+    assert!(head.starts_with("HTTP/1.1 504 "), "{head}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let m = proxy.metrics_text().await;
+    assert_eq!(upstream_errors(&m, "timeout"), 1.0, "{m}");
+    upload.abort();
+    backend.abort();
+}
+
+#[tokio::test]
+async fn a_response_body_that_breaks_off_is_the_backends_protocol_error() {
+    // The status went out with the head: the client sees the body cut
+    // short, and the backend is charged.
+    let (_backend, proxy) = behind_proxy(
+        fixed(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabc",
+            true,
+        ),
+        "",
+    )
+    .await;
+    let out = raw_exchange(proxy.addr, GET.as_bytes(), Duration::from_secs(5)).await;
+    assert!(
+        !String::from_utf8_lossy(&out).contains("0\r\n\r\n"),
+        "ended as whole"
+    );
+    let m = proxy.metrics_text().await;
+    assert_eq!(upstream_errors(&m, "protocol"), 1.0, "{m}");
+}

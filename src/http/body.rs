@@ -9,7 +9,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -45,11 +45,18 @@ pub enum BodyFault {
 /// upstream connection's I/O) and the request that waits for the
 /// response; atomics, since a body the backend answered early finishes in
 /// a task of its own.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BodyProgress {
     state: AtomicU8,
     /// Data bytes read from the client so far.
     bytes: AtomicU64,
+    /// Whether the body is waiting for the client (its last read found
+    /// nothing), rather than for the backend to take what it has.
+    waiting: AtomicBool,
+    /// When the body last moved toward the backend (a frame handed over,
+    /// or its end), in nanoseconds after `base`.
+    moved: AtomicU64,
+    base: Instant,
 }
 
 const SENDING: u8 = 0;
@@ -58,9 +65,39 @@ const BROKEN: u8 = 2;
 const STALLED: u8 = 3;
 
 impl BodyProgress {
+    fn new() -> Self {
+        BodyProgress {
+            state: AtomicU8::new(SENDING),
+            bytes: AtomicU64::new(0),
+            waiting: AtomicBool::new(false),
+            moved: AtomicU64::new(0),
+            base: Instant::now(),
+        }
+    }
+
     /// Whether the body is still being sent (neither complete nor failed).
     pub fn sending(&self) -> bool {
         self.state.load(Ordering::Acquire) == SENDING
+    }
+
+    /// When the backend's `period` to answer runs out: `period` after the
+    /// body last moved toward it (a frame handed over, or the body's end),
+    /// as NGINX times `proxy_send_timeout` between two writes and then
+    /// the response. `None` while the body waits for the client: the
+    /// client's own read timeout applies then, not the backend's.
+    pub fn backend_due(&self, period: Duration) -> Option<Instant> {
+        if self.sending() && self.waiting.load(Ordering::Acquire) {
+            return None;
+        }
+        let moved = Duration::from_nanos(self.moved.load(Ordering::Acquire));
+        Some(self.base + moved + period)
+    }
+
+    /// The body moved toward the backend now.
+    fn moved(&self) {
+        let nanos = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.moved.store(nanos, Ordering::Release);
+        self.waiting.store(false, Ordering::Release);
     }
 
     /// Data bytes read from the client so far.
@@ -117,7 +154,7 @@ impl std::error::Error for ClientBodyError {}
 
 impl ClientBody {
     pub fn new(inner: Incoming, read_timeout: Duration) -> (Self, Arc<BodyProgress>) {
-        let progress = Arc::new(BodyProgress::default());
+        let progress = Arc::new(BodyProgress::new());
         let body = ClientBody {
             inner,
             progress: progress.clone(),
@@ -158,6 +195,7 @@ impl Body for ClientBody {
                     let n = data.len() as u64;
                     self.progress.bytes.fetch_add(n, Ordering::Relaxed);
                 }
+                self.progress.moved();
                 if self.inner.is_end_stream() {
                     self.progress.set(DONE);
                     self.busy = None;
@@ -174,11 +212,13 @@ impl Body for ClientBody {
                 self.fail(fault)
             }
             Poll::Ready(None) => {
+                self.progress.moved();
                 self.progress.set(DONE);
                 self.busy = None;
                 Poll::Ready(None)
             }
             Poll::Pending => {
+                self.progress.waiting.store(true, Ordering::Release);
                 let deadline = Instant::now() + self.read_timeout;
                 let this = &mut *self;
                 let timer = this

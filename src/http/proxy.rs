@@ -115,7 +115,9 @@ struct Picked {
 /// access-log line (if any) is written then, with the bytes sent.
 pub struct Streamed {
     body: UpstreamBody,
-    _in_flight: InFlight,
+    /// The backend's request in flight; its backend is charged a
+    /// `protocol` upstream error if the body breaks off.
+    in_flight: InFlight,
     log: Option<Box<Pending>>,
     /// The client connection's request in progress, ended with the body.
     busy: Option<Busy>,
@@ -152,6 +154,21 @@ impl Body for Streamed {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Err(e))) = &polled {
+            // The status is gone already: the client sees the body cut
+            // short (the connection closes), and the backend is charged.
+            let backend = self.in_flight.backend();
+            backend
+                .metrics
+                .upstream_error(UpstreamErrorKind::Protocol as usize);
+            static LAST: AtomicU64 = AtomicU64::new(0);
+            if first_this_second(&LAST) {
+                tracing::warn!(
+                    backend = &*backend.name,
+                    "the backend's response body broke off after its status was sent: {e}"
+                );
+            }
+        }
         if let (Some(p), std::task::Poll::Ready(Some(Ok(frame)))) = (&mut self.log, &polled) {
             if let Some(data) = frame.data_ref() {
                 p.entry.bytes_out += data.len() as u64;
@@ -369,7 +386,7 @@ impl Proxy {
                 }
                 let body = Streamed {
                     body,
-                    _in_flight: picked.in_flight,
+                    in_flight: picked.in_flight,
                     log: None,
                     busy: None,
                 };
@@ -677,7 +694,6 @@ impl Proxy {
                     deadline: tokio::time::sleep(job.picked.response_timeout),
                     period: job.picked.response_timeout,
                     body: job.progress.as_deref(),
-                    client_was_sending: false,
                 }
             };
             let sent = sending.await;
@@ -823,10 +839,10 @@ enum Sent {
 
 pin_project_lite::pin_project! {
     /// A request sent, until its response head is in. The backend has
-    /// `period` (`timeouts.response_headers`) to answer; while the client
-    /// is still sending its body, the clock is the client's (its own read
-    /// timeout applies), and the backend's full period starts again once
-    /// the body is in.
+    /// `period` (`timeouts.response_headers`) to answer. A request body
+    /// moves the clock: the backend has `period` from the body's last move
+    /// toward it (a frame it took, or the body's end), and none runs while
+    /// the body waits for the client, whose own read timeout applies.
     struct Timed<'a, F> {
         #[pin]
         sending: F,
@@ -834,7 +850,6 @@ pin_project_lite::pin_project! {
         deadline: tokio::time::Sleep,
         period: Duration,
         body: Option<&'a BodyProgress>,
-        client_was_sending: bool,
     }
 }
 
@@ -851,13 +866,15 @@ where
         }
         loop {
             std::task::ready!(this.deadline.as_mut().poll(cx));
-            let sending = this.body.is_some_and(BodyProgress::sending);
-            if !sending && !*this.client_was_sending {
+            let Some(body) = this.body else {
+                return Poll::Ready(Err(Sent::TimedOut));
+            };
+            let now = tokio::time::Instant::now();
+            let due = body.backend_due(*this.period).unwrap_or(now + *this.period);
+            if due <= now {
                 return Poll::Ready(Err(Sent::TimedOut));
             }
-            *this.client_was_sending = sending;
-            let next = tokio::time::Instant::now() + *this.period;
-            this.deadline.as_mut().reset(next);
+            this.deadline.as_mut().reset(due);
         }
     }
 }
