@@ -20,13 +20,15 @@ use tokio::net::TcpStream;
 /// (`extra`: more config sections).
 async fn behind_proxy(answer: Answer, extra: &str) -> (RecordingBackend, TestProxy) {
     let backend = RecordingBackend::spawn(answer).await;
-    let config = config_for(
-        &[("rec", backend.addr)],
-        "key = [\"header:x-client-id\"]",
-        extra,
-    );
-    let proxy = spawn_proxy(&config).await;
+    let proxy = proxy_for("rec", backend.addr, extra).await;
     (backend, proxy)
+}
+
+/// A proxy in front of one backend, `name` at `addr`, keyed by
+/// `X-Client-Id` (`extra`: more config sections).
+async fn proxy_for(name: &str, addr: SocketAddr, extra: &str) -> TestProxy {
+    let config = config_for(&[(name, addr)], "key = [\"header:x-client-id\"]", extra);
+    spawn_proxy(&config).await
 }
 
 /// Sends `request` on a new connection to `addr` and reads one response.
@@ -486,12 +488,12 @@ async fn an_early_answer_frees_the_connection_once_the_body_is_through_rfc9112_9
     // One connection allowed to the backend: if an upload the backend
     // answered early kept it, the next request would find none (503).
     let (addr, task) = early_answer_backend().await;
-    let config = config_for(
-        &[("early", addr)],
-        "key = [\"header:x-client-id\"]",
+    let proxy = proxy_for(
+        "early",
+        addr,
         "[limits]\nmax_backend_connections = 1\n[timeouts]\nconnect = \"2s\"",
-    );
-    let proxy = spawn_proxy(&config).await;
+    )
+    .await;
     let body = vec![b'x'; 200_000];
     for i in 0..5 {
         let r = exchange(
@@ -536,12 +538,7 @@ async fn a_body_still_arriving_after_an_early_answer_is_a_request_in_progress() 
     // sending it, slower than client_header_read. The connection is not
     // waiting for a head meanwhile, and serves the next request after.
     let (addr, task) = early_answer_backend().await;
-    let config = config_for(
-        &[("early", addr)],
-        "key = [\"header:x-client-id\"]",
-        "[timeouts]\nclient_header_read = \"300ms\"",
-    );
-    let proxy = spawn_proxy(&config).await;
+    let proxy = proxy_for("early", addr, "[timeouts]\nclient_header_read = \"300ms\"").await;
     let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
     s.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\nContent-Length: 40\r\n\r\n0123456789")
         .await
@@ -835,6 +832,19 @@ async fn codings_beyond_chunked_reach_only_http11_clients() {
     assert_eq!(h2.send_request(req).await.expect("response").status(), 502);
 }
 
+/// Reads from `r` into `buf` until `buf` holds a blank line (the end of a
+/// head); panics if the stream ends first.
+async fn read_to_blank_line<R: tokio::io::AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) {
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::io::AsyncReadExt::read(r, &mut chunk)
+            .await
+            .expect("read");
+        assert!(n > 0, "closed before the end of a head");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
 /// A backend on a raw socket that reads one request head and then does
 /// what `then` says with the socket; its address.
 async fn raw_backend<F, Fut>(then: F) -> (SocketAddr, tokio::task::JoinHandle<()>)
@@ -849,14 +859,7 @@ where
     let task = tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.expect("accept");
         let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = tokio::io::AsyncReadExt::read(&mut s, &mut chunk)
-                .await
-                .expect("read");
-            assert!(n > 0, "closed before a request head");
-            buf.extend_from_slice(&chunk[..n]);
-        }
+        read_to_blank_line(&mut s, &mut buf).await;
         then(s, buf).await;
     });
     (addr, task)
@@ -884,12 +887,12 @@ async fn after_a_slow_upload_the_backend_gets_its_whole_response_time() {
         let _ = tokio::io::AsyncReadExt::read(&mut s, &mut chunk).await;
     })
     .await;
-    let config = config_for(
-        &[("rec", addr)],
-        "key = [\"header:x-client-id\"]",
+    let proxy = proxy_for(
+        "rec",
+        addr,
         "[timeouts]\nresponse_headers = \"400ms\"\nclient_body_read = \"5s\"",
-    );
-    let proxy = spawn_proxy(&config).await;
+    )
+    .await;
     let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
     s.write_all(b"POST /up HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\nContent-Length: 2\r\n\r\na")
         .await
@@ -912,12 +915,12 @@ async fn a_backend_that_stops_reading_an_upload_is_504_within_its_response_time(
         drop(s);
     })
     .await;
-    let config = config_for(
-        &[("rec", addr)],
-        "key = [\"header:x-client-id\"]",
+    let proxy = proxy_for(
+        "rec",
+        addr,
         "[timeouts]\nresponse_headers = \"300ms\"\nclient_body_read = \"30s\"",
-    );
-    let proxy = spawn_proxy(&config).await;
+    )
+    .await;
     let s = TcpStream::connect(proxy.addr).await.expect("connect");
     let (mut rd, mut wr) = s.into_split();
     const TOTAL: usize = 256 << 20;
@@ -937,14 +940,7 @@ async fn a_backend_that_stops_reading_an_upload_is_504_within_its_response_time(
     let started = std::time::Instant::now();
     let mut buf = Vec::new();
     let head = tokio::time::timeout(Duration::from_secs(10), async {
-        let mut chunk = [0u8; 4096];
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = tokio::io::AsyncReadExt::read(&mut rd, &mut chunk)
-                .await
-                .expect("read");
-            assert!(n > 0, "closed without an answer");
-            buf.extend_from_slice(&chunk[..n]);
-        }
+        read_to_blank_line(&mut rd, &mut buf).await;
         String::from_utf8_lossy(&buf).into_owned()
     })
     .await
