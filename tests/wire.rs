@@ -973,3 +973,90 @@ async fn a_response_body_that_breaks_off_is_the_backends_protocol_error() {
     let m = proxy.metrics_text().await;
     assert_eq!(upstream_errors(&m, "protocol"), 1.0, "{m}");
 }
+
+#[tokio::test]
+async fn an_early_answer_does_not_hold_the_client_when_the_backend_stops_reading() {
+    // The backend answers 413 at once (keep-alive) and then neither reads
+    // the rest of the upload nor closes. The rest may not move for
+    // response_headers: then the backend connection is closed, and so is
+    // the client's, whose body can go nowhere.
+    let (addr, backend) = raw_backend(|mut s, _| async move {
+        s.write_all(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 3\r\n\r\nbig")
+            .await
+            .expect("answer");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(s);
+    })
+    .await;
+    let proxy = proxy_for(
+        "rec",
+        addr,
+        "[timeouts]\nresponse_headers = \"300ms\"\nclient_body_read = \"30s\"",
+    )
+    .await;
+    let s = TcpStream::connect(proxy.addr).await.expect("connect");
+    let (mut rd, mut wr) = s.into_split();
+    const TOTAL: usize = 256 << 20;
+    let upload = tokio::spawn(async move {
+        let head = format!(
+            "POST /up HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\nContent-Length: {TOTAL}\r\n\r\n"
+        );
+        wr.write_all(head.as_bytes()).await.expect("head");
+        let chunk = vec![b'x'; 64 << 10];
+        for _ in 0..TOTAL / chunk.len() {
+            if wr.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        read_to_blank_line(&mut rd, &mut buf).await;
+        let mut chunk = [0u8; 4096];
+        loop {
+            match tokio::io::AsyncReadExt::read(&mut rd, &mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the client's connection stayed open");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 413 "), "{text}");
+    assert!(text.ends_with("big"), "{text}");
+    let m = proxy.metrics_text().await;
+    assert_eq!(
+        metric(
+            &m,
+            "stickylb_backend_connections{backend=\"rec\",state=\"active\"}"
+        ),
+        Some(0.0),
+        "{m}"
+    );
+    upload.abort();
+    backend.abort();
+}
+
+#[tokio::test]
+async fn chunk_framing_counts_as_the_client_sending_its_body() {
+    // client_body_read = 400ms; for 750 ms the client sends only a chunk's
+    // size line, in pieces (size, extension, CRLF), and no data: it is
+    // sending, not stalled (NGINX times the body between two reads).
+    let (backend, proxy) = behind_proxy(
+        Arc::new(ok),
+        "[timeouts]\nclient_body_read = \"400ms\"\nresponse_headers = \"5s\"",
+    )
+    .await;
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n")
+        .await
+        .expect("write");
+    for piece in [&b"5"[..], b";x=1", b"\r\n", b"hello\r\n0\r\n\r\n"] {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        s.write_all(piece).await.expect("write");
+    }
+    let r = read_response(&mut s, &mut Vec::new(), false).await;
+    assert_eq!(r.status_line(), "HTTP/1.1 200 OK", "{r:?}");
+    assert_eq!(backend.wait_requests(1).await[0].body, b"ahello");
+}

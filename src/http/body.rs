@@ -5,6 +5,7 @@
 //! `timeouts.client_body_read` between two pieces of it, is at fault: the
 //! proxy answers 400 or 408 and the backend's record stays clean.
 
+use crate::http::idle::Busy;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::future::Future;
@@ -227,7 +228,17 @@ impl Body for ClientBody {
                 if std::mem::take(&mut this.moved) {
                     timer.as_mut().reset(deadline);
                 }
-                ready!(timer.as_mut().poll(cx));
+                loop {
+                    ready!(timer.as_mut().poll(cx));
+                    // Bytes of the body's framing count as the client
+                    // sending (NGINX times client_body_timeout between two
+                    // reads): only a period with no byte read is a stall.
+                    let read = this.busy.as_ref().and_then(Busy::last_read);
+                    match read.map(|at| at + this.read_timeout) {
+                        Some(due) if due > Instant::now() => timer.as_mut().reset(due),
+                        _ => break,
+                    }
+                }
                 self.fail(BodyFault::Stalled)
             }
         }

@@ -28,6 +28,8 @@ pub struct Activity {
     multiplexed: AtomicBool,
     /// Whether a complete request head has arrived on the connection.
     seen_request: AtomicBool,
+    /// When bytes were last read (ms since `start`).
+    read_millis: AtomicU64,
 }
 
 impl Default for Activity {
@@ -45,6 +47,7 @@ impl Activity {
             head_millis: AtomicU64::new(0),
             multiplexed: AtomicBool::new(false),
             seen_request: AtomicBool::new(false),
+            read_millis: AtomicU64::new(0),
         }
     }
 
@@ -62,6 +65,7 @@ impl Activity {
     fn bytes_read(&self) {
         let ms = self.start.elapsed().as_millis() as u64;
         self.millis.store(ms, Ordering::Relaxed);
+        self.read_millis.store(ms, Ordering::Relaxed);
         if self.busy.load(Ordering::Relaxed) == 0
             && self.head_millis.load(Ordering::Relaxed) == 0
             && !self.multiplexed.load(Ordering::Relaxed)
@@ -115,6 +119,19 @@ impl Activity {
 /// may answer before it is all sent), when the connection's idle time
 /// starts again.
 pub struct Busy(Arc<Activity>);
+
+impl Busy {
+    /// When the HTTP/1 connection last read a byte: a request body's
+    /// framing (chunk sizes, extensions, trailers) arrives as bytes without
+    /// data. `None` on HTTP/2, where other streams' frames are read too.
+    pub fn last_read(&self) -> Option<Instant> {
+        if self.0.multiplexed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let ms = self.0.read_millis.load(Ordering::Relaxed);
+        Some(self.0.start + Duration::from_millis(ms))
+    }
+}
 
 impl Drop for Busy {
     fn drop(&mut self) {

@@ -690,7 +690,7 @@ impl Proxy {
                     job.req = replayable(&req);
                 }
                 Timed {
-                    sending: conn.send(req, backend.pool.local()),
+                    sending: conn.send(req, backend.pool.local(), job.picked.response_timeout),
                     deadline: tokio::time::sleep(job.picked.response_timeout),
                     period: job.picked.response_timeout,
                     body: job.progress.as_deref(),
@@ -1081,14 +1081,21 @@ fn once_a_second(e: ProxyError) -> bool {
     first_this_second(&LAST[slot % KINDS])
 }
 
-/// Whether this is the first call this second (wall clock) for `last`,
-/// which holds the second of the previous one: the one rate limit every
-/// repeated warning here goes through.
+/// Whether a second or more has passed since the last call that returned
+/// `true` for `last` (which holds its time, in ms since the Unix epoch):
+/// the one rate limit every repeated warning here goes through.
 fn first_this_second(last: &AtomicU64) -> bool {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    last.swap(now, Ordering::Relaxed) != now
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let before = last.load(Ordering::Relaxed);
+    // A full second since the last one (not a new calendar second: two
+    // lines 50 ms apart across a second's boundary are one too many).
+    if before != 0 && now.saturating_sub(before) < 1000 {
+        return false;
+    }
+    last.compare_exchange(before, now, Ordering::Relaxed, Ordering::Relaxed)
+        .is_ok()
 }
 
 /// Says `Connection: close` on an HTTP/1 answer after which the
@@ -1110,4 +1117,21 @@ pub fn error_response(e: ProxyError) -> Response<ProxyBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warnings_are_a_full_second_apart() {
+        let last = AtomicU64::new(0);
+        assert!(first_this_second(&last));
+        assert!(!first_this_second(&last), "twice at once");
+        // 900 ms ago is not a second ago, whatever the calendar second.
+        last.fetch_sub(900, Ordering::Relaxed);
+        assert!(!first_this_second(&last));
+        last.fetch_sub(200, Ordering::Relaxed);
+        assert!(first_this_second(&last));
+    }
 }

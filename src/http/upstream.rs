@@ -217,8 +217,9 @@ struct Link {
     /// `None` once the connection has ended (closed, failed or upgraded);
     /// dropping it closes the socket and fails a request still waiting.
     driver: Option<Driver>,
-    /// Bytes read on this connection so far (counted by its `BytesRead`).
-    bytes_read: Arc<AtomicU64>,
+    /// Bytes read and written on this connection so far (counted by its
+    /// `Counted` watch).
+    bytes: Arc<ByteCounts>,
     address: Arc<str>,
 }
 
@@ -413,11 +414,11 @@ impl Pool {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(address = &*self.address, "set_nodelay: {e}");
         }
-        let bytes_read = Arc::new(AtomicU64::new(0));
+        let bytes = Arc::new(ByteCounts::default());
         let io = Tracked {
             inner: stream,
             watch: BytesRead {
-                count: bytes_read.clone(),
+                count: bytes.clone(),
                 _slot: permit,
             },
         };
@@ -429,7 +430,7 @@ impl Pool {
             link: Link {
                 tx,
                 driver: Some(Box::pin(conn.with_upgrades())),
-                bytes_read,
+                bytes,
                 address: self.address.clone(),
             },
             reused: false,
@@ -439,16 +440,34 @@ impl Pool {
     /// Puts a connection whose response has ended back, to be closed after
     /// `idle_for` unless used. One still sending its request body (the
     /// backend answered before reading it all) finishes sending it in a
-    /// task of its own, and comes back once ready for another request.
-    fn release(self: &Arc<Self>, mut link: Link, idle_for: Duration) {
+    /// task of its own, and comes back once ready for another request; it
+    /// is closed instead if `stall` passes without a byte written to the
+    /// backend (a backend that stopped reading would hold the client and
+    /// the connection for ever).
+    fn release(self: &Arc<Self>, mut link: Link, idle_for: Duration, stall: Duration) {
         if link.driver.is_none() || link.tx.is_closed() || idle_for.is_zero() {
             return;
         }
         if !link.tx.is_ready() {
             let pool = self.clone();
             tokio::spawn(async move {
-                if link.ready().await {
-                    pool.release(link, idle_for);
+                let mut written = link.bytes.written.load(Ordering::Relaxed);
+                loop {
+                    match tokio::time::timeout(stall, link.ready()).await {
+                        Ok(true) => return pool.release(link, idle_for, stall),
+                        Ok(false) => return,
+                        Err(_) => {
+                            let now = link.bytes.written.load(Ordering::Relaxed);
+                            if now == written {
+                                tracing::debug!(
+                                    address = &*link.address,
+                                    "the rest of a request body did not move for {stall:?} after the response: closing the connection"
+                                );
+                                return;
+                            }
+                            written = now;
+                        }
+                    }
                 }
             });
             return;
@@ -507,14 +526,16 @@ impl Conn {
     /// is not kept in the caller's future) and returns the future of the
     /// response head, which drives the connection's I/O in the calling
     /// task. The response body, once read to its end, returns the
-    /// connection to `pool`.
+    /// connection to `pool`; the rest of a request body the backend
+    /// answered early may then go `stall` at most without a byte written.
     pub fn send(
         self,
         req: Request<RequestBody>,
         pool: &Arc<Pool>,
+        stall: Duration,
     ) -> Sending<'_, impl Future<Output = Answered>> {
         let Conn { mut link, reused } = self;
-        let read_before = link.bytes_read.load(Ordering::Relaxed);
+        let read_before = link.bytes.read.load(Ordering::Relaxed);
         let response = link.tx.try_send_request(req);
         Sending {
             link: Some(link),
@@ -522,6 +543,7 @@ impl Conn {
             pool,
             reused,
             read_before,
+            stall,
         }
     }
 }
@@ -541,6 +563,7 @@ pin_project_lite::pin_project! {
         pool: &'a Arc<Pool>,
         reused: bool,
         read_before: u64,
+        stall: Duration,
     }
 }
 
@@ -564,6 +587,7 @@ impl<F: Future<Output = Answered>> Future for Sending<'_, F> {
             this.pool,
             *this.reused,
             *this.read_before,
+            *this.stall,
         ))
     }
 }
@@ -576,6 +600,7 @@ fn answered(
     pool: &Arc<Pool>,
     reused: bool,
     read_before: u64,
+    stall: Duration,
 ) -> Result<Response<UpstreamBody>, SendError> {
     match res {
         Ok(resp) => {
@@ -598,7 +623,7 @@ fn answered(
             if body.is_end_stream() && !idle_for.is_zero() {
                 // An empty body may never be polled: hand the
                 // connection back now.
-                pool.release(link, idle_for);
+                pool.release(link, idle_for, stall);
                 let body = UpstreamBody {
                     inner: body,
                     link: None,
@@ -611,6 +636,7 @@ fn answered(
                     link,
                     pool: pool.clone(),
                     idle_for,
+                    stall,
                 }),
             };
             Ok(Response::from_parts(parts, body))
@@ -619,7 +645,7 @@ fn answered(
             Some(req) => Err(SendError::NotSent(Box::new(req))),
             None => Err(SendError::Failed {
                 error: e.into_error(),
-                unanswered_reuse: reused && link.bytes_read.load(Ordering::Relaxed) == read_before,
+                unanswered_reuse: reused && link.bytes.read.load(Ordering::Relaxed) == read_before,
             }),
         },
     }
@@ -663,6 +689,9 @@ struct Streaming {
     pool: Arc<Pool>,
     /// Zero when the connection is not to be reused.
     idle_for: Duration,
+    /// How long the rest of a request body may go without a byte written,
+    /// once the response is in (see `Pool::release`).
+    stall: Duration,
 }
 
 /// A backend's response body, streamed. Polling it also drives its
@@ -705,7 +734,7 @@ impl Body for UpstreamBody {
                     // Lets the dispatcher see the end too and turn ready.
                     s.link.poll_io(cx);
                 }
-                s.pool.release(s.link, s.idle_for);
+                s.pool.release(s.link, s.idle_for, s.stall);
             }
         }
         res
@@ -720,22 +749,32 @@ impl Body for UpstreamBody {
     }
 }
 
-/// Counts the bytes read from a backend connection (one relaxed atomic
-/// add per read), so a failure can be placed before or after the first
-/// byte of a response.
+/// Bytes read from and written to a backend connection.
+#[derive(Default)]
+struct ByteCounts {
+    read: AtomicU64,
+    written: AtomicU64,
+}
+
+/// Counts the bytes read from and written to a backend connection (one
+/// relaxed atomic add per read or write), so a failure can be placed before
+/// or after the first byte of a response, and a request body still being
+/// sent can be told to move.
 ///
 /// It also holds the connection's place under the backend's cap, so the
 /// place is free exactly when the socket is closed: after the last
 /// response, or after the tunnel of an upgraded (WebSocket) connection.
 struct BytesRead {
-    count: Arc<AtomicU64>,
+    count: Arc<ByteCounts>,
     _slot: OwnedSemaphorePermit,
 }
 
 impl Watch for BytesRead {
     fn read(&self, n: usize) {
-        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        self.count.read.fetch_add(n as u64, Ordering::Relaxed);
     }
 
-    fn written(&self, _: usize) {}
+    fn written(&self, n: usize) {
+        self.count.written.fetch_add(n as u64, Ordering::Relaxed);
+    }
 }
