@@ -845,6 +845,40 @@ async fn read_to_blank_line<R: tokio::io::AsyncRead + Unpin>(r: &mut R, buf: &mu
     }
 }
 
+/// A proxy (response_headers 300ms, client_body_read 30s) in front of
+/// `addr`, and a client uploading 256 MiB to it through a task that blocks
+/// once the buffers on the way are full; the client's read half.
+async fn big_upload_to(
+    addr: SocketAddr,
+) -> (
+    TestProxy,
+    tokio::net::tcp::OwnedReadHalf,
+    tokio::task::JoinHandle<()>,
+) {
+    let proxy = proxy_for(
+        "rec",
+        addr,
+        "[timeouts]\nresponse_headers = \"300ms\"\nclient_body_read = \"30s\"",
+    )
+    .await;
+    let s = TcpStream::connect(proxy.addr).await.expect("connect");
+    let (rd, mut wr) = s.into_split();
+    const TOTAL: usize = 256 << 20;
+    let upload = tokio::spawn(async move {
+        let head = format!(
+            "POST /up HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\nContent-Length: {TOTAL}\r\n\r\n"
+        );
+        wr.write_all(head.as_bytes()).await.expect("head");
+        let chunk = vec![b'x'; 64 << 10];
+        for _ in 0..TOTAL / chunk.len() {
+            if wr.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    (proxy, rd, upload)
+}
+
 /// A backend on a raw socket that reads one request head and then does
 /// what `then` says with the socket; its address.
 async fn raw_backend<F, Fut>(then: F) -> (SocketAddr, tokio::task::JoinHandle<()>)
@@ -915,28 +949,7 @@ async fn a_backend_that_stops_reading_an_upload_is_504_within_its_response_time(
         drop(s);
     })
     .await;
-    let proxy = proxy_for(
-        "rec",
-        addr,
-        "[timeouts]\nresponse_headers = \"300ms\"\nclient_body_read = \"30s\"",
-    )
-    .await;
-    let s = TcpStream::connect(proxy.addr).await.expect("connect");
-    let (mut rd, mut wr) = s.into_split();
-    const TOTAL: usize = 256 << 20;
-    let upload = tokio::spawn(async move {
-        let head = format!(
-            "POST /up HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\nContent-Length: {TOTAL}\r\n\r\n"
-        );
-        wr.write_all(head.as_bytes()).await.expect("head");
-        let chunk = vec![b'x'; 64 << 10];
-        // Blocks once the backend's and the proxy's buffers are full.
-        for _ in 0..TOTAL / chunk.len() {
-            if wr.write_all(&chunk).await.is_err() {
-                break;
-            }
-        }
-    });
+    let (proxy, mut rd, upload) = big_upload_to(addr).await;
     let started = std::time::Instant::now();
     let mut buf = Vec::new();
     let head = tokio::time::timeout(Duration::from_secs(10), async {
@@ -988,27 +1001,7 @@ async fn an_early_answer_does_not_hold_the_client_when_the_backend_stops_reading
         drop(s);
     })
     .await;
-    let proxy = proxy_for(
-        "rec",
-        addr,
-        "[timeouts]\nresponse_headers = \"300ms\"\nclient_body_read = \"30s\"",
-    )
-    .await;
-    let s = TcpStream::connect(proxy.addr).await.expect("connect");
-    let (mut rd, mut wr) = s.into_split();
-    const TOTAL: usize = 256 << 20;
-    let upload = tokio::spawn(async move {
-        let head = format!(
-            "POST /up HTTP/1.1\r\nHost: a\r\nX-Client-Id: k\r\nContent-Length: {TOTAL}\r\n\r\n"
-        );
-        wr.write_all(head.as_bytes()).await.expect("head");
-        let chunk = vec![b'x'; 64 << 10];
-        for _ in 0..TOTAL / chunk.len() {
-            if wr.write_all(&chunk).await.is_err() {
-                break;
-            }
-        }
-    });
+    let (proxy, mut rd, upload) = big_upload_to(addr).await;
     let mut buf = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(10), async {
         read_to_blank_line(&mut rd, &mut buf).await;
