@@ -1053,3 +1053,32 @@ async fn chunk_framing_counts_as_the_client_sending_its_body() {
     assert_eq!(r.status_line(), "HTTP/1.1 200 OK", "{r:?}");
     assert_eq!(backend.wait_requests(1).await[0].body, b"ahello");
 }
+
+#[tokio::test]
+async fn a_body_broken_in_the_same_read_as_its_head_is_502() {
+    // Nothing of the response can reach the client (its head would go out
+    // with the first body bytes): the backend's 502, counted as such, not
+    // a 200 the client never saw.
+    let (_backend, proxy) = behind_proxy(
+        fixed(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            true,
+        ),
+        "",
+    )
+    .await;
+    let r = exchange(proxy.addr, GET).await;
+    assert_eq!(r.status_line(), "HTTP/1.1 502 Bad Gateway", "{r:?}");
+    let m = proxy.metrics_text().await;
+    assert_eq!(upstream_errors(&m, "protocol"), 1.0, "{m}");
+    assert_eq!(
+        metric(&m, "stickylb_responses_total{code_class=\"2xx\"}").unwrap_or(0.0),
+        0.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "stickylb_responses_total{code_class=\"5xx\"}"),
+        Some(1.0),
+        "{m}"
+    );
+}

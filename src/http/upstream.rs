@@ -582,6 +582,7 @@ impl<F: Future<Output = Answered>> Future for Sending<'_, F> {
             return Poll::Pending;
         };
         Poll::Ready(answered(
+            cx,
             res,
             link,
             this.pool,
@@ -592,11 +593,33 @@ impl<F: Future<Output = Answered>> Future for Sending<'_, F> {
     }
 }
 
+/// The first frame of `body` if it is in already, reading what the
+/// connection has received (without waiting); its error if the body broke
+/// off there.
+fn first_frame(
+    cx: &mut Context<'_>,
+    body: &mut Incoming,
+    link: &mut Link,
+) -> Result<Option<Frame<Bytes>>, hyper::Error> {
+    let mut polled = Pin::new(&mut *body).poll_frame(cx);
+    if polled.is_pending() {
+        // The dispatcher decodes body bytes only once they are asked for.
+        link.poll_io(cx);
+        polled = Pin::new(&mut *body).poll_frame(cx);
+    }
+    match polled {
+        Poll::Ready(Some(Ok(frame))) => Ok(Some(frame)),
+        Poll::Ready(Some(Err(e))) => Err(e),
+        Poll::Ready(None) | Poll::Pending => Ok(None),
+    }
+}
+
 /// The response head (its body carrying the connection), or why there is
 /// none.
 fn answered(
+    cx: &mut Context<'_>,
     res: Answered,
-    link: Link,
+    mut link: Link,
     pool: &Arc<Pool>,
     reused: bool,
     read_before: u64,
@@ -604,13 +627,14 @@ fn answered(
 ) -> Result<Response<UpstreamBody>, SendError> {
     match res {
         Ok(resp) => {
-            let (parts, body) = resp.into_parts();
+            let (parts, mut body) = resp.into_parts();
             if parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
                 // The tunnel takes the socket over once the dispatcher
                 // has read the `101` to its end.
                 link.spawn_to_end();
                 let body = UpstreamBody {
                     inner: body,
+                    first: None,
                     link: None,
                 };
                 return Ok(Response::from_parts(parts, body));
@@ -626,12 +650,27 @@ fn answered(
                 pool.release(link, idle_for, stall);
                 let body = UpstreamBody {
                     inner: body,
+                    first: None,
                     link: None,
                 };
                 return Ok(Response::from_parts(parts, body));
             }
+            // The body's first bytes, if they came with the head: a body
+            // that breaks off there would otherwise reach the client as
+            // nothing at all (the head goes out with the first bytes), its
+            // status counted as sent. It is the backend's 502 instead.
+            let first = match first_frame(cx, &mut body, &mut link) {
+                Ok(first) => first,
+                Err(error) => {
+                    return Err(SendError::Failed {
+                        error,
+                        unanswered_reuse: false,
+                    })
+                }
+            };
             let body = UpstreamBody {
                 inner: body,
+                first,
                 link: Some(Streaming {
                     link,
                     pool: pool.clone(),
@@ -700,6 +739,8 @@ struct Streaming {
 /// was not read to the end).
 pub struct UpstreamBody {
     inner: Incoming,
+    /// The first frame, read before the head was handed on.
+    first: Option<Frame<Bytes>>,
     /// `None` when the connection went back before the body (an empty
     /// one) or was handed to a tunnel.
     link: Option<Streaming>,
@@ -714,7 +755,10 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         // What has been read already is taken without a poll of the I/O.
-        let mut res = Pin::new(&mut self.inner).poll_frame(cx);
+        let mut res = match self.first.take() {
+            Some(frame) => Poll::Ready(Some(Ok(frame))),
+            None => Pin::new(&mut self.inner).poll_frame(cx),
+        };
         if res.is_pending() {
             if let Some(s) = &mut self.link {
                 s.link.poll_io(cx);
@@ -741,11 +785,21 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.first.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let mut hint = self.inner.size_hint();
+        if let Some(data) = self.first.as_ref().and_then(Frame::data_ref) {
+            // The first frame's bytes are still to come.
+            let n = data.len() as u64;
+            // Upper first: a lower bound above the upper one panics.
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper + n);
+            }
+            hint.set_lower(hint.lower() + n);
+        }
+        hint
     }
 }
 
