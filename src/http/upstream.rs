@@ -593,6 +593,14 @@ impl<F: Future<Output = Answered>> Future for Sending<'_, F> {
     }
 }
 
+/// A response body's first frame, kept small: data inline (the usual
+/// case), anything else (trailers of an empty body) boxed, since every
+/// response carries this field.
+enum First {
+    Data(Bytes),
+    Other(Box<Frame<Bytes>>),
+}
+
 /// The first frame of `body` if it is in already, reading what the
 /// connection has received (without waiting); its error if the body broke
 /// off there.
@@ -600,7 +608,7 @@ fn first_frame(
     cx: &mut Context<'_>,
     body: &mut Incoming,
     link: &mut Link,
-) -> Result<Option<Frame<Bytes>>, hyper::Error> {
+) -> Result<Option<First>, hyper::Error> {
     let mut polled = Pin::new(&mut *body).poll_frame(cx);
     if polled.is_pending() {
         // The dispatcher decodes body bytes only once they are asked for.
@@ -608,7 +616,10 @@ fn first_frame(
         polled = Pin::new(&mut *body).poll_frame(cx);
     }
     match polled {
-        Poll::Ready(Some(Ok(frame))) => Ok(Some(frame)),
+        Poll::Ready(Some(Ok(frame))) => Ok(Some(match frame.into_data() {
+            Ok(data) => First::Data(data),
+            Err(frame) => First::Other(Box::new(frame)),
+        })),
         Poll::Ready(Some(Err(e))) => Err(e),
         Poll::Ready(None) | Poll::Pending => Ok(None),
     }
@@ -740,7 +751,7 @@ struct Streaming {
 pub struct UpstreamBody {
     inner: Incoming,
     /// The first frame, read before the head was handed on.
-    first: Option<Frame<Bytes>>,
+    first: Option<First>,
     /// `None` when the connection went back before the body (an empty
     /// one) or was handed to a tunnel.
     link: Option<Streaming>,
@@ -756,7 +767,8 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         // What has been read already is taken without a poll of the I/O.
         let mut res = match self.first.take() {
-            Some(frame) => Poll::Ready(Some(Ok(frame))),
+            Some(First::Data(data)) => Poll::Ready(Some(Ok(Frame::data(data)))),
+            Some(First::Other(frame)) => Poll::Ready(Some(Ok(*frame))),
             None => Pin::new(&mut self.inner).poll_frame(cx),
         };
         if res.is_pending() {
@@ -790,7 +802,7 @@ impl Body for UpstreamBody {
 
     fn size_hint(&self) -> SizeHint {
         let mut hint = self.inner.size_hint();
-        if let Some(data) = self.first.as_ref().and_then(Frame::data_ref) {
+        if let Some(First::Data(data)) = &self.first {
             // The first frame's bytes are still to come.
             let n = data.len() as u64;
             // Upper first: a lower bound above the upper one panics.
