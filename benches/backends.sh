@@ -54,3 +54,13 @@ name = "backend-3"
 address = "127.0.0.1:$b3"
 CONF
 }
+
+# Waits up to $1 seconds (default 60) for stickylb's admin port to answer
+# /healthz.
+wait_for_admin() {
+  local until=$((SECONDS + ${1:-60}))
+  until curl -sf -o /dev/null "http://127.0.0.1:$ap/healthz"; do
+    ((SECONDS < until)) || { echo "stickylb did not answer on 127.0.0.1:$ap" >&2; return 1; }
+    sleep 0.1
+  done
+}

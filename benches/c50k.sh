@@ -20,10 +20,7 @@ RUST_LOG="${RUST_LOG:-warn}" "${STICKYLB_BIN:-$here/target/release/stickylb}" \
   --threads "${STICKYLB_THREADS:-1}" --config "$tmp/stickylb.toml" run &
 proxy=$!
 pids+=($proxy)
-for _ in $(seq 1 100); do
-  curl -sf -o /dev/null "http://127.0.0.1:$ap/healthz" && break
-  sleep 0.1
-done
+wait_for_admin 10
 cd "$here"
 status=0
 cargo bench --bench c50k -- --target "127.0.0.1:$lp" --connections "$n" --pid "$proxy" "$@" || status=$?

@@ -26,10 +26,7 @@ valgrind --tool=callgrind --callgrind-out-file="$PWD/$out.cg" --instr-atstart=no
   "$bin" --threads 1 -c "$tmp/stickylb.toml" run > "$tmp/stickylb.log" 2>&1 &
 vg=$!
 pids+=($vg)
-for _ in $(seq 1 120); do
-  curl -sf -o /dev/null "http://127.0.0.1:$ap/healthz" && break
-  sleep 0.5
-done
+wait_for_admin
 answered() {
   curl -s "http://127.0.0.1:$ap/metrics" | awk '/^stickylb_responses_total\{code_class="2xx"\}/{print $2}'
 }

@@ -135,7 +135,7 @@ pub struct ClientBody {
     /// Whether a frame arrived since the timer was last armed.
     moved: bool,
     /// The client connection's request in progress, ended with the body.
-    busy: Option<crate::http::idle::Busy>,
+    busy: Option<Busy>,
 }
 
 /// A client body that stopped short; the cause is in `BodyProgress`.
@@ -168,7 +168,7 @@ impl ClientBody {
     }
 
     /// Keeps `busy` until the body has been read or dropped.
-    pub fn hold(&mut self, busy: crate::http::idle::Busy) {
+    pub fn hold(&mut self, busy: Busy) {
         self.busy = Some(busy);
     }
 

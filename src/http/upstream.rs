@@ -417,7 +417,7 @@ impl Pool {
         let bytes = Arc::new(ByteCounts::default());
         let io = Tracked {
             inner: stream,
-            watch: BytesRead {
+            watch: Counted {
                 count: bytes.clone(),
                 _slot: permit,
             },
@@ -830,12 +830,12 @@ struct ByteCounts {
 /// It also holds the connection's place under the backend's cap, so the
 /// place is free exactly when the socket is closed: after the last
 /// response, or after the tunnel of an upgraded (WebSocket) connection.
-struct BytesRead {
+struct Counted {
     count: Arc<ByteCounts>,
     _slot: OwnedSemaphorePermit,
 }
 
-impl Watch for BytesRead {
+impl Watch for Counted {
     fn read(&self, n: usize) {
         self.count.read.fetch_add(n as u64, Ordering::Relaxed);
     }
